@@ -1,0 +1,191 @@
+// CPU backend of the KV transfer kernel family. The reference every other backend is checked
+// against, and the production path for engines whose KV cache lives in host memory.
+#include "lmcache_ascend/transfer.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "lmcache_ascend/thread_pool.hpp"
+
+namespace lmcache_ascend {
+namespace {
+
+// Consecutive tokens of one chunk whose slots are consecutive inside one block.
+struct Run {
+  int64_t chunk;
+  int64_t chunk_token;  // first token's position inside its chunk
+  int64_t slot;         // first token's slot
+  int64_t length;
+};
+
+Status invalid(const std::string& msg) { return Status::Error(StatusCode::kInvalidArgument, msg); }
+
+Status check_layout(const TransferRequest& r) {
+  const PageLayout& p = r.page;
+  if (p.elem_size != 1 && p.elem_size != 2 && p.elem_size != 4)
+    return invalid("element size " + std::to_string(p.elem_size) +
+                   " bytes is not supported; use a 1-, 2- or 4-byte dtype (int8, fp16, bf16, fp32)");
+  if (p.num_layers < 1) return invalid("num_layers must be >= 1, got " + std::to_string(p.num_layers));
+  if (p.num_planes != 1 && p.num_planes != 2)
+    return invalid("num_planes must be 1 (MLA) or 2 (K and V), got " + std::to_string(p.num_planes));
+  if (p.plane_bases == nullptr) return invalid("plane_bases is null: pass one base address per layer and plane");
+  for (int64_t i = 0; i < static_cast<int64_t>(p.num_layers) * p.num_planes; ++i)
+    if (p.plane_bases[i] == 0)
+      return invalid("plane base address " + std::to_string(i) + " is null: every layer needs a KV buffer");
+  if (p.num_blocks < 1 || p.block_size < 1 || p.num_heads < 1 || p.head_size < 1)
+    return invalid("paged KV cache dimensions must be positive, got num_blocks=" + std::to_string(p.num_blocks) +
+                   " block_size=" + std::to_string(p.block_size) + " num_heads=" + std::to_string(p.num_heads) +
+                   " head_size=" + std::to_string(p.head_size));
+  if (p.block_stride < 0 || p.head_stride < 0 || p.token_stride < 0)
+    return invalid("paged KV cache strides must be non-negative");
+  int64_t page_last = (p.num_blocks - 1) * p.block_stride + (p.block_size - 1) * p.token_stride +
+                      (p.num_heads - 1) * p.head_stride + p.head_size;
+  if (page_last > r.page_extent_elems)
+    return Status::Error(StatusCode::kOutOfRange,
+                         "paged KV cache layout reaches element " + std::to_string(page_last) +
+                             " but each plane only holds " + std::to_string(r.page_extent_elems) +
+                             " elements: the shape or strides do not match the buffer");
+  const ChunkStrides& c = r.chunk;
+  if (c.plane_stride < 0 || c.layer_stride < 0 || c.token_stride < 0)
+    return invalid("LMCache chunk strides must be non-negative");
+  if (r.slots.index_bytes != 4 && r.slots.index_bytes != 8)
+    return invalid("slot_mapping must be int32 or int64, got " + std::to_string(r.slots.index_bytes) +
+                   "-byte integers");
+  if (r.slots.length > 0 && r.slots.data == nullptr) return invalid("slot_mapping data is null");
+  if (r.num_chunks < 0 || (r.num_chunks > 0 && (r.chunks == nullptr || r.chunk_extent_bytes == nullptr)))
+    return invalid("chunk list is empty or null");
+  if (r.skip_prefix_n_tokens < 0)
+    return invalid("skip_prefix_n_tokens must be >= 0, got " + std::to_string(r.skip_prefix_n_tokens));
+  return Status::Ok();
+}
+
+Status check_chunks(const TransferRequest& r) {
+  const PageLayout& p = r.page;
+  for (int64_t i = 0; i < r.num_chunks; ++i) {
+    const ChunkRef& ch = r.chunks[i];
+    std::string which = "chunk " + std::to_string(i);
+    if (ch.token_begin < 0 || ch.token_end < ch.token_begin || ch.token_end > r.slots.length)
+      return Status::Error(StatusCode::kOutOfRange,
+                           which + " covers tokens [" + std::to_string(ch.token_begin) + ", " +
+                               std::to_string(ch.token_end) + ") but slot_mapping has " +
+                               std::to_string(r.slots.length) + " tokens");
+    if (ch.token_end == ch.token_begin) continue;
+    if (ch.base == 0) return invalid(which + " has a null base address");
+    int64_t ntok = ch.token_end - ch.token_begin;
+    int64_t last = (p.num_planes - 1) * r.chunk.plane_stride + (p.num_layers - 1) * r.chunk.layer_stride +
+                   (ntok - 1) * r.chunk.token_stride + p.hidden();
+    if (last * p.elem_size > r.chunk_extent_bytes[i])
+      return Status::Error(StatusCode::kOutOfRange,
+                           which + " needs " + std::to_string(last * p.elem_size) + " bytes for " +
+                               std::to_string(ntok) + " tokens x " + std::to_string(p.num_layers) +
+                               " layers but its buffer holds " + std::to_string(r.chunk_extent_bytes[i]) +
+                               " bytes: allocate it with the full [planes, layers, tokens, hidden] shape");
+  }
+  return Status::Ok();
+}
+
+// Validates every slot that will move, then splits them into runs. Nothing moves before this
+// returns OK.
+Status plan_runs(const TransferRequest& r, std::vector<Run>& runs) {
+  const int64_t num_slots = r.page.num_slots();
+  const int64_t block = r.page.block_size;
+  for (int64_t c = 0; c < r.num_chunks; ++c) {
+    const ChunkRef& ch = r.chunks[c];
+    int64_t t = std::max(ch.token_begin, r.skip_prefix_n_tokens);
+    Run cur{c, 0, -1, 0};
+    for (; t < ch.token_end; ++t) {
+      int64_t slot = r.slots.at(t);
+      if (slot >= num_slots)
+        return Status::Error(StatusCode::kOutOfRange,
+                             "slot_mapping[" + std::to_string(t) + "] = " + std::to_string(slot) +
+                                 " is out of range: the paged KV cache has " + std::to_string(num_slots) +
+                                 " slots (" + std::to_string(r.page.num_blocks) + " blocks x " +
+                                 std::to_string(block) + "); slots must be < " + std::to_string(num_slots) +
+                                 ", or negative to skip a token");
+      if (slot < 0) {  // padding / not-yet-allocated token: skipped
+        if (cur.length) runs.push_back(cur), cur.length = 0;
+        continue;
+      }
+      bool extends = cur.length && slot == cur.slot + cur.length && slot % block != 0;
+      if (!extends) {
+        if (cur.length) runs.push_back(cur);
+        cur = Run{c, t - ch.token_begin, slot, 0};
+      }
+      ++cur.length;
+    }
+    if (cur.length) runs.push_back(cur);
+  }
+  return Status::Ok();
+}
+
+// Moves one run of one plane of one layer.
+inline void copy_run(const TransferRequest& r, const Run& run, int layer, int plane) {
+  const PageLayout& p = r.page;
+  const size_t es = static_cast<size_t>(p.elem_size);
+  char* page = reinterpret_cast<char*>(p.plane_bases[layer * p.num_planes + plane]);
+  int64_t block_id = run.slot / p.block_size, in_block = run.slot % p.block_size;
+  page += (block_id * p.block_stride + in_block * p.token_stride) * es;
+  char* chunk = reinterpret_cast<char*>(r.chunks[run.chunk].base) +
+                (plane * r.chunk.plane_stride + layer * r.chunk.layer_stride +
+                 run.chunk_token * r.chunk.token_stride) * es;
+  const bool gather = r.direction == Direction::kPagedToChunk;
+  const int64_t hidden = p.hidden();
+
+  if (p.token_row_contiguous()) {
+    const size_t row = static_cast<size_t>(hidden) * es;
+    if (p.token_stride == hidden && r.chunk.token_stride == hidden) {  // the whole run is one block of bytes
+      size_t bytes = row * static_cast<size_t>(run.length);
+      gather ? std::memcpy(chunk, page, bytes) : std::memcpy(page, chunk, bytes);
+      return;
+    }
+    const size_t ps = p.token_stride * es, cs = r.chunk.token_stride * es;
+    for (int64_t t = 0; t < run.length; ++t, page += ps, chunk += cs)
+      gather ? std::memcpy(chunk, page, row) : std::memcpy(page, chunk, row);
+    return;
+  }
+  // Heads are not adjacent within a token (HND-like layouts): one head_dim row at a time.
+  const size_t head_bytes = static_cast<size_t>(p.head_size) * es;
+  const size_t hs = p.head_stride * es, ps = p.token_stride * es, cs = r.chunk.token_stride * es;
+  for (int64_t t = 0; t < run.length; ++t, page += ps, chunk += cs) {
+    char* pg = page;
+    char* ck = chunk;
+    for (int h = 0; h < p.num_heads; ++h, pg += hs, ck += head_bytes)
+      gather ? std::memcpy(ck, pg, head_bytes) : std::memcpy(pg, ck, head_bytes);
+  }
+}
+
+}  // namespace
+
+Status transfer_kv(const TransferRequest& r) {
+  Status st = check_layout(r);
+  if (!st.ok()) return st;
+  st = check_chunks(r);
+  if (!st.ok()) return st;
+  std::vector<Run> runs;
+  runs.reserve(static_cast<size_t>(std::min<int64_t>(r.slots.length, 1 << 16)));
+  st = plan_runs(r, runs);
+  if (!st.ok()) return st;
+  if (runs.empty()) return Status::Ok();
+
+  // Work item = (layer, plane, run). Items of one layer and plane are adjacent, so a thread's
+  // range walks memory in order.
+  const int64_t nruns = static_cast<int64_t>(runs.size());
+  const int64_t planes = r.page.num_planes;
+  const int64_t items = static_cast<int64_t>(r.page.num_layers) * planes * nruns;
+  int64_t tokens = 0;
+  for (const Run& run : runs) tokens += run.length;
+  // Aim for >= 256 KiB per range so waking a thread pays for itself.
+  const int64_t bytes_per_item = std::max<int64_t>(1, tokens * r.page.hidden() * r.page.elem_size / nruns);
+  const int64_t grain = std::max<int64_t>(1, (256 << 10) / bytes_per_item);
+  parallel_for(items, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      int64_t lp = i / nruns;
+      copy_run(r, runs[static_cast<size_t>(i % nruns)], static_cast<int>(lp / planes), static_cast<int>(lp % planes));
+    }
+  });
+  return Status::Ok();
+}
+
+}  // namespace lmcache_ascend
