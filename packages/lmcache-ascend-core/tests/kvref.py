@@ -1,0 +1,113 @@
+"""Reference model of every engine layout in plain torch indexing: the oracle of the tests.
+
+canonical form of one layer = [planes, num_blocks * block_size, heads * head_size], so slot s is
+row s. to_canonical / from_canonical convert a layer between its layout and that form.
+"""
+from __future__ import annotations
+
+import torch
+
+LAYOUTS = ["flash_attn", "flashinfer", "separate_kv", "cpu", "hnd", "separate_kv_hnd", "mla"]
+
+
+def make_layer(layout: str, nb: int, bs: int, nh: int, hs: int, dtype: torch.dtype, gen: torch.Generator):
+    shapes = {
+        "flash_attn": [(2, nb, bs, nh, hs)],
+        "flashinfer": [(nb, 2, bs, nh, hs)],
+        "separate_kv": [(nb, bs, nh, hs)] * 2,
+        "cpu": [(nb, nh, bs, 2 * hs)],
+        "hnd": [(2, nb, nh, bs, hs)],
+        "separate_kv_hnd": [(nb, nh, bs, hs)] * 2,
+        "mla": [(nb, bs, nh * hs)],
+    }[layout]
+    tensors = [random_tensor(s, dtype, gen) for s in shapes]
+    return tuple(tensors) if layout.startswith("separate") else tensors[0]
+
+
+def random_tensor(shape, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+    return torch.randint(-128, 127, shape, generator=gen, dtype=torch.int64).to(dtype)
+
+
+def planes(layout: str) -> int:
+    return 1 if layout == "mla" else 2
+
+
+def to_canonical(layout: str, layer) -> torch.Tensor:
+    if layout == "flash_attn":
+        p, nb, bs, nh, hs = layer.shape
+        return layer.reshape(p, nb * bs, nh * hs).clone()
+    if layout == "flashinfer":
+        return layer.transpose(0, 1).reshape(2, -1, layer.shape[-2] * layer.shape[-1]).clone()
+    if layout == "separate_kv":
+        return torch.stack([t.reshape(-1, t.shape[-2] * t.shape[-1]) for t in layer])
+    if layout == "cpu":
+        nb, nh, bs, hs2 = layer.shape
+        return layer.view(nb, nh, bs, 2, hs2 // 2).permute(3, 0, 2, 1, 4).reshape(2, nb * bs, nh * hs2 // 2)
+    if layout == "hnd":
+        p, nb, nh, bs, hs = layer.shape
+        return layer.permute(0, 1, 3, 2, 4).reshape(p, nb * bs, nh * hs)
+    if layout == "separate_kv_hnd":
+        return torch.stack([t.permute(0, 2, 1, 3).reshape(-1, t.shape[1] * t.shape[3]) for t in layer])
+    if layout == "mla":
+        nb, bs, d = layer.shape
+        return layer.reshape(1, nb * bs, d).clone()
+    raise AssertionError(layout)
+
+
+def from_canonical(layout: str, canon: torch.Tensor, like):
+    """Inverse of to_canonical, shaped like `like`."""
+    if layout == "flash_attn":
+        return canon.reshape(like.shape)
+    if layout == "flashinfer":
+        nb, p, bs, nh, hs = like.shape
+        return canon.reshape(p, nb, bs, nh, hs).transpose(0, 1).contiguous()
+    if layout == "separate_kv":
+        return tuple(canon[i].reshape(like[i].shape) for i in range(2))
+    if layout == "cpu":
+        nb, nh, bs, hs2 = like.shape
+        return canon.reshape(2, nb, bs, nh, hs2 // 2).permute(1, 3, 2, 0, 4).reshape(like.shape).contiguous()
+    if layout == "hnd":
+        p, nb, nh, bs, hs = like.shape
+        return canon.reshape(p, nb, bs, nh, hs).permute(0, 1, 3, 2, 4).contiguous()
+    if layout == "separate_kv_hnd":
+        nb, nh, bs, hs = like[0].shape
+        return tuple(canon[i].reshape(nb, bs, nh, hs).permute(0, 2, 1, 3).contiguous() for i in range(2))
+    if layout == "mla":
+        return canon.reshape(like.shape)
+    raise AssertionError(layout)
+
+
+def ref_gather(layout: str, layers, slots: torch.Tensor, out: torch.Tensor, skip: int = 0) -> torch.Tensor:
+    """Expected [P, L, T, D] memory object after gathering `layers` into a copy of `out`."""
+    out = out.clone()
+    keep = torch.zeros(slots.numel(), dtype=torch.bool)
+    keep[skip:] = slots[skip:] >= 0
+    idx = slots[keep].long()
+    for l, layer in enumerate(layers):
+        out[:, l, keep] = to_canonical(layout, layer)[:, idx]
+    return out
+
+
+def ref_scatter(layout: str, chunk: torch.Tensor, slots: torch.Tensor, layers, skip: int = 0):
+    """Expected paged layers after scattering `chunk` ([P, L, T, D]) into copies of `layers`."""
+    keep = torch.zeros(slots.numel(), dtype=torch.bool)
+    keep[skip:] = slots[skip:] >= 0
+    idx = slots[keep].long()
+    result = []
+    for l, layer in enumerate(layers):
+        canon = to_canonical(layout, layer)
+        canon[:, idx] = chunk[:, l, keep]
+        result.append(from_canonical(layout, canon, layer))
+    return result
+
+
+def same(a, b) -> bool:
+    """Bit-exact equality (so -0.0 != 0.0), for tensors or tuples of tensors."""
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    as_int = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal(a.contiguous().view(as_int), b.contiguous().view(as_int))

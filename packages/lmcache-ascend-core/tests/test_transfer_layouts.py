@@ -1,0 +1,133 @@
+"""Every engine layout x direction x dtype x slot dtype, bit-exact against plain torch indexing."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvref import LAYOUTS, make_layer, planes, random_tensor, ref_gather, ref_scatter, same
+from lmcache_ascend.layouts import describe_chunk, describe_paged
+from lmcache_ascend.transfer import GATHER, SCATTER, transfer_kv
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.int8]
+SLOT_DTYPES = [torch.int32, torch.int64]
+
+
+def random_slots(num_tokens: int, num_slots: int, gen: torch.Generator, dtype, hole_every: int = 5,
+                 block_size: int = 16):
+    """Distinct slots laid out as vLLM hands them out (blocks in random order, tokens consecutive
+    inside a block), a few swapped to break runs, and every `hole_every`-th token set to -1."""
+    blocks = torch.randperm((num_slots + block_size - 1) // block_size, generator=gen)
+    slots = (blocks[:, None] * block_size + torch.arange(block_size)).flatten()
+    slots = slots[slots < num_slots][:num_tokens]
+    for _ in range(num_tokens // 8):
+        i, j = torch.randint(0, num_tokens, (2,), generator=gen).tolist()
+        slots[[i, j]] = slots[[j, i]]
+    slots = slots.to(dtype)
+    slots[::hole_every] = -1
+    return slots
+
+
+def transfer(layout, layers, chunk, slots, direction, skip=0, fmt=None):
+    fmt = fmt or ("KV_MLA_FMT" if layout == "mla" else "KV_2LTD")
+    paged = describe_paged(layers, layout)
+    view = describe_chunk(chunk, fmt, writable=direction == GATHER)
+    transfer_kv(paged, [(view, 0, slots.numel())], slots, direction, skip)
+
+
+@pytest.mark.parametrize("slot_dtype", SLOT_DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_round_trip_matches_torch(layout, dtype, slot_dtype):
+    gen = torch.Generator().manual_seed(hash((layout, str(dtype), str(slot_dtype))) % 2**31)
+    nl, nb, bs, nh, hs, nt = 3, 7, 16, 2, 32, 50
+    layers = [make_layer(layout, nb, bs, nh, hs, dtype, gen) for _ in range(nl)]
+    slots = random_slots(nt, nb * bs, gen, slot_dtype)
+    empty = torch.zeros(planes(layout), nl, nt, nh * hs, dtype=dtype)
+
+    chunk = empty.clone()
+    transfer(layout, layers, chunk, slots, GATHER)
+    assert same(chunk, ref_gather(layout, layers, slots, empty))
+
+    fresh = [make_layer(layout, nb, bs, nh, hs, dtype, gen) for _ in range(nl)]
+    expected = ref_scatter(layout, chunk, slots, fresh)
+    transfer(layout, fresh, chunk, slots, SCATTER)
+    assert all(same(a, b) for a, b in zip(fresh, expected))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("skip", [0, 1, 17, 50])
+def test_skip_prefix_leaves_prefix_alone(layout, skip):
+    gen = torch.Generator().manual_seed(skip)
+    nl, nb, bs, nh, hs, nt = 2, 5, 16, 1, 64, 50
+    layers = [make_layer(layout, nb, bs, nh, hs, torch.float16, gen) for _ in range(nl)]
+    slots = random_slots(nt, nb * bs, gen, torch.int64)
+    sentinel = random_tensor((planes(layout), nl, nt, nh * hs), torch.float16, gen)
+    chunk = sentinel.clone()
+    transfer(layout, layers, chunk, slots, GATHER, skip)
+    assert same(chunk, ref_gather(layout, layers, slots, sentinel, skip))
+
+    expected = ref_scatter(layout, chunk, slots, layers, skip)
+    transfer(layout, layers, chunk, slots, SCATTER, skip)
+    assert all(same(a, b) for a, b in zip(layers, expected))
+
+
+@pytest.mark.parametrize("fmt", ["KV_T2D", "KV_2TD"])
+@pytest.mark.parametrize("layout", ["flash_attn", "cpu", "separate_kv_hnd"])
+def test_single_layer_formats(layout, fmt):
+    gen = torch.Generator().manual_seed(3)
+    nb, bs, nh, hs, nt = 6, 16, 4, 16, 70
+    layer = make_layer(layout, nb, bs, nh, hs, torch.bfloat16, gen)
+    slots = random_slots(nt, nb * bs, gen, torch.int32)
+    shape = (nt, 2, nh * hs) if fmt == "KV_T2D" else (2, nt, nh * hs)
+    chunk = torch.zeros(shape, dtype=torch.bfloat16)
+    transfer(layout, [layer], chunk, slots, GATHER, fmt=fmt)
+    as_2ltd = (chunk.transpose(0, 1) if fmt == "KV_T2D" else chunk).unsqueeze(1)
+    assert same(as_2ltd, ref_gather(layout, [layer], slots, torch.zeros(2, 1, nt, nh * hs, dtype=torch.bfloat16)))
+
+
+def test_batched_chunks_equal_one_big_chunk():
+    gen = torch.Generator().manual_seed(11)
+    nl, nb, bs, nh, hs, nt, chunk_t = 4, 20, 16, 2, 64, 256, 64
+    layers = [make_layer("flash_attn", nb, bs, nh, hs, torch.float16, gen) for _ in range(nl)]
+    slots = random_slots(nt, nb * bs, gen, torch.int64)
+    paged = describe_paged(layers, "flash_attn")
+    chunks = [torch.zeros(2, nl, chunk_t, nh * hs, dtype=torch.float16) for _ in range(nt // chunk_t)]
+    transfer_kv(paged, [(describe_chunk(c, "KV_2LTD"), i * chunk_t, (i + 1) * chunk_t)
+                        for i, c in enumerate(chunks)], slots, GATHER)
+    expected = ref_gather("flash_attn", layers, slots, torch.zeros(2, nl, nt, nh * hs, dtype=torch.float16))
+    assert same(torch.cat(chunks, dim=2), expected)
+
+
+def test_last_partial_chunk_uses_leading_tokens():
+    # LMCache's last chunk of a request is often shorter than the memory object it sits in.
+    gen = torch.Generator().manual_seed(5)
+    layers = [make_layer("cpu", 4, 16, 1, 32, torch.float16, gen) for _ in range(2)]
+    slots = torch.arange(10, 40, dtype=torch.int64)
+    chunk = torch.zeros(2, 2, 64, 32, dtype=torch.float16)
+    transfer_kv(describe_paged(layers, "cpu"), [(describe_chunk(chunk, "KV_2LTD"), 0, 30)], slots, GATHER)
+    expected = ref_gather("cpu", layers, slots, torch.zeros(2, 2, 30, 32, dtype=torch.float16))
+    assert same(chunk[:, :, :30], expected)
+    assert not chunk[:, :, 30:].any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    layout=st.sampled_from(LAYOUTS),
+    nb=st.integers(1, 9), bs=st.sampled_from([1, 2, 16, 128]), nh=st.integers(1, 3),
+    hs=st.sampled_from([1, 3, 8, 64]), nl=st.integers(1, 3),
+    seed=st.integers(0, 2**31 - 1), fill=st.floats(0.0, 1.0), hole_every=st.integers(1, 7),
+)
+def test_random_shapes_and_slot_mappings(layout, nb, bs, nh, hs, nl, seed, fill, hole_every):
+    gen = torch.Generator().manual_seed(seed)
+    nt = max(1, int(nb * bs * fill))
+    layers = [make_layer(layout, nb, bs, nh, hs, torch.float16, gen) for _ in range(nl)]
+    slots = random_slots(nt, nb * bs, gen, torch.int64, hole_every, bs)
+    empty = torch.zeros(planes(layout), nl, nt, nh * hs, dtype=torch.float16)
+    chunk = empty.clone()
+    transfer(layout, layers, chunk, slots, GATHER)
+    assert same(chunk, ref_gather(layout, layers, slots, empty))
+    expected = ref_scatter(layout, chunk, slots, layers)
+    transfer(layout, layers, chunk, slots, SCATTER)
+    assert all(same(a, b) for a, b in zip(layers, expected))
