@@ -8,19 +8,24 @@ X = hidden = heads * head_size (contiguous).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from lmcache_ascend._tensors import TensorView, as_view
 
-ENGINE_LAYOUTS: dict[str, tuple[str, ...]] = {
-    "flash_attn": ("P", "B", "T", "H", "D"),   # [2, NB, BS, NH, HS] vLLM flash-attn
-    "flashinfer": ("B", "P", "T", "H", "D"),   # [NB, 2, BS, NH, HS]
-    "separate_kv": ("B", "T", "H", "D"),       # K and V tensors, [NB, BS, NH, HS] each
-    "cpu": ("B", "H", "T", "PD"),              # [NB, NH, BS, 2*HS] vLLM CPU platform
-    "hnd": ("P", "B", "H", "T", "D"),          # [2, NB, NH, BS, HS]
-    "separate_kv_hnd": ("B", "H", "T", "D"),   # K and V tensors, [NB, NH, BS, HS] each
-    "mla": ("B", "T", "D"),                    # [NB, BS, D_latent]
+# name -> (axes of one per-layer tensor, tensors per layer). Planes moved: 2 when there is a
+# P axis or a (K, V) pair per layer, else 1 (MLA latent, or K/V packed per head and moved as one).
+ENGINE_LAYOUTS: dict[str, tuple[tuple[str, ...], int]] = {
+    "flash_attn": (("P", "B", "T", "H", "D"), 1),       # [2, NB, BS, NH, HS] vLLM flash-attn
+    "flashinfer": (("B", "P", "T", "H", "D"), 1),       # [NB, 2, BS, NH, HS]
+    "separate_kv": (("B", "T", "H", "D"), 2),           # (K, V), [NB, BS, NH, HS] each
+    "cpu": (("B", "H", "T", "PD"), 1),                  # [NB, NH, BS, 2*HS] vLLM CPU platform
+    "hnd": (("P", "B", "H", "T", "D"), 1),              # [2, NB, NH, BS, HS]
+    "flashinfer_hnd": (("B", "P", "H", "T", "D"), 1),   # [NB, 2, NH, BS, HS]
+    "separate_kv_hnd": (("B", "H", "T", "D"), 2),       # (K, V), [NB, NH, BS, HS] each
+    "packed_hnd": (("B", "H", "T", "D"), 1),            # [NB, NH, BS, 2*HS] moved as one plane
+    "packed_nhd": (("B", "T", "H", "D"), 1),            # [NB, BS, NH, 2*HS] moved as one plane
+    "mla": (("B", "T", "D"), 1),                        # [NB, BS, D_latent]
 }
 
 CHUNK_FORMATS: dict[str, tuple[str, ...]] = {
@@ -60,14 +65,14 @@ class PagedKV:
 
 
 def _layout_error(arg: str, layout: str, view: TensorView, why: str) -> ValueError:
-    axes = " x ".join(ENGINE_LAYOUTS[layout])
+    axes = " x ".join(ENGINE_LAYOUTS[layout][0])
     return ValueError(f"{arg}: cannot describe a tensor with {view.describe()} as layout '{layout}' "
                       f"({axes}): {why}")
 
 
 def _axis_strides(view: TensorView, layout: str, arg: str) -> dict[str, tuple[int, int]]:
     """{axis: (size, element stride)} of one per-layer tensor in `layout`."""
-    axes = ENGINE_LAYOUTS[layout]
+    axes = ENGINE_LAYOUTS[layout][0]
     if view.ndim != len(axes):
         raise _layout_error(arg, layout, view, f"expected {len(axes)} dimensions, got {view.ndim}")
     out: dict[str, tuple[int, int]] = {}
@@ -89,13 +94,13 @@ def _axis_strides(view: TensorView, layout: str, arg: str) -> dict[str, tuple[in
 def describe_paged(kv_caches: Sequence[Any], layout: str, arg: str = "kv_caches") -> PagedKV:
     """Descriptor of a paged KV cache given one entry per layer.
 
-    An entry is one tensor (merged K/V, CPU platform, MLA) or a (K, V) pair for separate_kv*.
+    An entry is one tensor, or a (K, V) pair for the separate_kv layouts.
     """
     if layout not in ENGINE_LAYOUTS:
         raise ValueError(f"{arg}: unknown engine layout '{layout}'; known: {sorted(ENGINE_LAYOUTS)}")
     if len(kv_caches) == 0:
         raise ValueError(f"{arg}: no layers given; pass one KV-cache tensor (or K/V pair) per layer")
-    separate = layout.startswith("separate_kv")
+    separate = ENGINE_LAYOUTS[layout][1] == 2
     bases: list[int] = []
     first: dict[str, tuple[int, int]] | None = None
     ref: TensorView | None = None
@@ -143,6 +148,13 @@ class ChunkView:
     plane_stride: int
     layer_stride: int
     token_stride: int
+
+    def layer(self, index: int, arg: str = "layer_idx") -> "ChunkView":
+        """This memory object restricted to one layer (for the per-layer ops)."""
+        if not 0 <= index < self.num_layers:
+            raise IndexError(f"{arg}={index} is out of range for a memory object of {self.num_layers} layers")
+        start = self.view.address + index * self.layer_stride * self.view.itemsize
+        return replace(self, view=replace(self.view, address=start), num_layers=1)
 
 
 def describe_chunk(obj: Any, fmt: str, arg: str = "memory object", *, writable: bool = False) -> ChunkView:

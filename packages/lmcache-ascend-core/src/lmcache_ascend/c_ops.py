@@ -1,0 +1,65 @@
+"""LMCache 0.3.x surface: the names and signatures of LMCache 0.3.7's `lmcache.c_ops`.
+
+0.3.x passes booleans where 0.5 passes enums: `direction` True = paged -> LMCache (store),
+False = LMCache -> paged (retrieve) -- the same integers as 0.5's TransferDirection D2H / H2D;
+`use_mla` picks the MLA layout; `vllm_two_major` tells flash-attn ([2, NB, ...]) from flashinfer
+([NB, 2, ...]). Every op forwards to `lmcache_ascend.ops`, which owns the semantics.
+"""
+
+from lmcache_ascend import ops as _ops
+
+# EngineKVFormat values (lmcache_ascend.engine_formats) standing for 0.3.x's layouts.
+_FLASH_ATTN, _FLASHINFER, _MLA, _SEPARATE_KV = 1, 2, 3, 16
+
+
+def _direction(direction) -> int:
+    if not isinstance(direction, (bool, int)) or int(direction) not in (0, 1):
+        raise ValueError(f"direction={direction!r} must be a bool: True = paged -> LMCache, "
+                         "False = LMCache -> paged")
+    return int(direction)
+
+
+def multi_layer_kv_transfer(key_value, key_value_ptrs, slot_mapping, paged_memory_device,
+                            page_buffer_size: int, direction: bool, use_mla: bool) -> None:
+    """All layers of one chunk; paged layers are [2, NB, BS, NH, HS] (or [NB, BS, D] with use_mla)."""
+    _ops.multi_layer_kv_transfer(
+        key_value, key_value_ptrs, slot_mapping, paged_memory_device, page_buffer_size,
+        _direction(direction), _MLA if use_mla else _FLASH_ATTN,
+        # 0.3.x addresses a layer as [2, page_buffer_size, hidden]: one block of all slots.
+        block_size=page_buffer_size,
+    )
+
+
+def multi_layer_kv_transfer_unilateral(key_value, key_value_ptrs, slot_mapping, paged_memory_device,
+                                       page_buffer_size: int, direction: bool, use_mla: bool) -> None:
+    """SGLang layout: key_value_ptrs holds the K layers then the V layers, each [page_buffer_size, hidden]."""
+    if use_mla:
+        multi_layer_kv_transfer(key_value, key_value_ptrs, slot_mapping, paged_memory_device,
+                                page_buffer_size, direction, use_mla)
+        return
+    _ops.multi_layer_kv_transfer(
+        key_value, _k_then_v_to_pairs(key_value_ptrs), slot_mapping, paged_memory_device, page_buffer_size,
+        _direction(direction), _SEPARATE_KV, block_size=page_buffer_size,
+    )
+
+
+def _k_then_v_to_pairs(ptrs):
+    """[K_0..K_{L-1}, V_0..V_{L-1}] -> [K_0, V_0, K_1, V_1, ...] (tensors or addresses)."""
+    items = list(ptrs) if isinstance(ptrs, (list, tuple)) else ptrs.tolist()
+    if len(items) % 2:
+        raise ValueError(f"key_value_ptrs has {len(items)} entries; expected K layers then V layers (an even count)")
+    half = len(items) // 2
+    return [x for layer in range(half) for x in (items[layer], items[half + layer])]
+
+
+def single_layer_kv_transfer(lmc_key_value_cache, vllm_key_value_cache, slot_mapping, direction: bool,
+                             token_major: bool = False, vllm_two_major: bool = False) -> None:
+    """One layer; lmc is [T, 2, D] if token_major else [2, T, D]; vLLM's layer is flash-attn
+    [2, NB, BS, NH, HS] if vllm_two_major else flashinfer [NB, 2, BS, NH, HS]."""
+    _ops.single_layer_kv_transfer(lmc_key_value_cache, vllm_key_value_cache, slot_mapping,
+                                  _direction(direction), _FLASH_ATTN if vllm_two_major else _FLASHINFER,
+                                  token_major)
+
+
+load_and_reshape_flash = _ops.load_and_reshape_flash
+reshape_and_cache_back_flash = _ops.reshape_and_cache_back_flash

@@ -1,0 +1,148 @@
+"""LMCache >= 0.5 device-ops surface: the names and signatures of `lmcache.cuda_ops`.
+
+LMCache 0.5.6's `NpuDeviceOps.ensure_native` imports this module and `DeviceOps.bind_native`
+binds every public callable and class in it, so only the ops themselves are public here;
+helpers are imported under leading-underscore names.
+
+Direction values are LMCache's `TransferDirection`: H2D = 0 (LMCache -> paged, retrieve),
+D2H = 1 (paged -> LMCache, store). Format values are `EngineKVFormat` members or their ints.
+"""
+
+from dataclasses import replace as _replace
+from typing import Any as _Any
+
+from lmcache_ascend import transfer as _transfer
+from lmcache_ascend._tensors import as_view as _as_view
+from lmcache_ascend.engine_formats import engine_format as _engine_format
+from lmcache_ascend.engine_formats import paged_from_format as _paged_from_format
+from lmcache_ascend.layouts import describe_chunk as _describe_chunk
+from lmcache_ascend.layouts import describe_paged as _describe_paged
+
+_H2D, _D2H = 0, 1
+
+
+def _kernel_direction(direction: _Any) -> int:
+    try:
+        value = int(direction)
+    except (TypeError, ValueError):
+        value = None
+    if value == _D2H:
+        return _transfer.GATHER
+    if value == _H2D:
+        return _transfer.SCATTER
+    raise ValueError(f"direction={direction!r} must be TransferDirection.H2D (0, LMCache -> paged) "
+                     "or TransferDirection.D2H (1, paged -> LMCache)")
+
+
+def _device_type(device: _Any) -> str:
+    return getattr(device, "type", None) or str(device).split(":")[0]
+
+
+def _layer_bases(key_value_ptrs: _Any, tensors_per_layer: int, num_layers: int):
+    """(addresses, extent or None, dtype, device) of the paged layers named by key_value_ptrs."""
+    if isinstance(key_value_ptrs, (list, tuple)) and all(isinstance(p, int) for p in key_value_ptrs):
+        addresses = list(key_value_ptrs)
+    elif isinstance(key_value_ptrs, (list, tuple)):
+        entries = list(key_value_ptrs)
+        if tensors_per_layer == 2 and all(isinstance(e, (list, tuple)) for e in entries):
+            entries = [t for pair in entries for t in pair]
+        views = [_as_view(t, f"key_value_ptrs[{i}]", writable=True) for i, t in enumerate(entries)]
+        if len(views) != num_layers * tensors_per_layer:
+            raise ValueError(f"key_value_ptrs has {len(views)} tensors; key_value has {num_layers} layers "
+                             f"and this format takes {tensors_per_layer} tensor(s) per layer")
+        for i, v in enumerate(views):
+            if not v.is_contiguous():
+                raise ValueError(f"key_value_ptrs[{i}]: paged KV tensors must be contiguous, got {v.describe()}")
+            if v.dtype != views[0].dtype or v.device != views[0].device:
+                raise ValueError(f"key_value_ptrs[{i}]: {v.describe()} differs from key_value_ptrs[0]: "
+                                 f"{views[0].describe()}")
+        return ([v.address for v in views], min(v.extent_from(v.address) for v in views),
+                views[0].dtype, views[0].device)
+    else:
+        # An int64 tensor of addresses: the kernel can only trust page_buffer_size for the extent.
+        ptrs = _as_view(key_value_ptrs, "key_value_ptrs")
+        if ptrs.dtype not in ("int64", "uint64") or ptrs.ndim != 1:
+            raise TypeError(f"key_value_ptrs: expected a list of tensors or a 1-D int64 tensor of addresses, "
+                            f"got {ptrs.describe()}")
+        addresses = key_value_ptrs.tolist() if hasattr(key_value_ptrs, "tolist") else list(key_value_ptrs)
+    if any(a == 0 for a in addresses):
+        raise ValueError("key_value_ptrs holds a null address; pass one KV-cache data pointer per layer")
+    return addresses, None, None, None
+
+
+def multi_layer_kv_transfer(
+    key_value, key_value_ptrs, slot_mapping, paged_memory_device, page_buffer_size: int, direction,
+    engine_kv_format, block_size: int = 0, head_size: int = 0, skip_prefix_n_tokens: int = 0,
+    block_stride_elems: int = 0,
+) -> None:
+    """Move all layers of one chunk between the paged KV cache and an LMCache memory object.
+
+    key_value: [2, L, T, D] (KV_2LTD), or [1, L, T, D] for MLA and K/V-packed formats.
+    key_value_ptrs: per-layer paged tensors, or an int64 tensor of their addresses.
+    slot_mapping[t] is the slot of token t (t < T; negative = skip); tokens t <
+    skip_prefix_n_tokens are left alone. Validated in full before any byte moves.
+    """
+    fmt = _engine_format(engine_kv_format)
+    kind = _kernel_direction(direction)
+    chunk = _describe_chunk(key_value, "KV_2LTD" if fmt.planes == 2 else "KV_MLA_FMT", "key_value",
+                            writable=kind == _transfer.GATHER)
+    addresses, extent, dtype, device = _layer_bases(key_value_ptrs, fmt.tensors_per_layer, chunk.num_layers)
+    if device is not None and device != _device_type(paged_memory_device):
+        raise ValueError(f"paged_memory_device={paged_memory_device} but the KV-cache tensors are on {device}")
+    paged = _paged_from_format(
+        fmt, addresses, num_layers=chunk.num_layers, page_buffer_size=page_buffer_size, block_size=block_size,
+        head_size=head_size, hidden=chunk.hidden, block_stride_elems=block_stride_elems,
+        itemsize=chunk.view.itemsize, dtype=dtype or chunk.view.dtype,
+        device=device or _device_type(paged_memory_device), extent_elems=extent,
+    )
+    _transfer.transfer_kv(paged, [(chunk, 0, chunk.num_tokens)], slot_mapping, kind, skip_prefix_n_tokens)
+
+
+def single_layer_kv_transfer(
+    lmc_key_value_cache, vllm_key_value_cache, slot_mapping, direction, engine_kv_format,
+    token_major: bool = False,
+) -> None:
+    """Move one layer (layerwise pipelining) between vLLM's paged layer and an LMCache buffer.
+
+    lmc_key_value_cache: [T, 2, D] if token_major else [2, T, D]; [T, D] for MLA / K/V-packed.
+    vllm_key_value_cache: one layer in `engine_kv_format`'s shape.
+    """
+    fmt = _engine_format(engine_kv_format)
+    if fmt.layout is None or fmt.tensors_per_layer != 1:
+        raise ValueError(f"engine_kv_format {fmt.name} has no single-tensor layer; single_layer_kv_transfer "
+                         "takes one paged tensor per layer")
+    kind = _kernel_direction(direction)
+    paged = _describe_paged([vllm_key_value_cache], fmt.layout, "vllm_key_value_cache")
+    lmc = _as_view(lmc_key_value_cache, "lmc_key_value_cache", writable=kind == _transfer.GATHER)
+    if fmt.planes == 1:
+        if lmc.ndim != 2:
+            raise ValueError(f"lmc_key_value_cache: expected [num_tokens, hidden] for {fmt.name}, got {lmc.describe()}")
+        lmc = _lmc_with_plane_axis(lmc)
+        chunk = _describe_chunk(lmc, "KV_MLA_FMT", "lmc_key_value_cache")
+    else:
+        chunk = _describe_chunk(lmc, "KV_T2D" if token_major else "KV_2TD", "lmc_key_value_cache")
+    _transfer.transfer_kv(paged, [(chunk, 0, chunk.num_tokens)], slot_mapping, kind)
+
+
+def _lmc_with_plane_axis(view: "_Any") -> "_Any":
+    """[T, D] -> [1, 1, T, D] so the MLA chunk format describes it."""
+    return _replace(view, shape=(1, 1, *view.shape), strides=(0, 0, *view.strides))
+
+
+def _flash(key_value, key_cache, value_cache, slot_mapping, layer_idx: int, kind: int) -> None:
+    paged = _describe_paged([(key_cache, value_cache)], "separate_kv", "key_cache/value_cache")
+    chunk = _describe_chunk(key_value, "KV_2LTD", "key_value", writable=kind == _transfer.GATHER)
+    layer = chunk.layer(int(layer_idx))
+    slots = _transfer.slot_view(slot_mapping)
+    _transfer.transfer_kv(paged, [(layer, 0, slots.shape[0])], slots, kind)
+
+
+def load_and_reshape_flash(key_value, key_cache, value_cache, slot_mapping, layer_idx: int) -> None:
+    """Gather one layer: key_cache / value_cache [NB, BS, NH, HS] -> key_value[:, layer_idx]
+    of a [2, L, T, NH*HS] memory object. Negative slots are skipped."""
+    _flash(key_value, key_cache, value_cache, slot_mapping, layer_idx, _transfer.GATHER)
+
+
+def reshape_and_cache_back_flash(key_value, key_cache, value_cache, slot_mapping, layer_idx: int) -> None:
+    """Scatter one layer: key_value[:, layer_idx] -> key_cache / value_cache [NB, BS, NH, HS]."""
+    _flash(key_value, key_cache, value_cache, slot_mapping, layer_idx, _transfer.SCATTER)
