@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-LAYOUTS = ["flash_attn", "flashinfer", "separate_kv", "cpu", "hnd", "separate_kv_hnd", "mla"]
+LAYOUTS = ["flash_attn", "flashinfer", "separate_kv", "cpu", "hnd", "flashinfer_hnd", "separate_kv_hnd",
+           "packed_hnd", "packed_nhd", "mla"]
 
 
 def make_layer(layout: str, nb: int, bs: int, nh: int, hs: int, dtype: torch.dtype, gen: torch.Generator):
@@ -17,6 +18,9 @@ def make_layer(layout: str, nb: int, bs: int, nh: int, hs: int, dtype: torch.dty
         "separate_kv": [(nb, bs, nh, hs)] * 2,
         "cpu": [(nb, nh, bs, 2 * hs)],
         "hnd": [(2, nb, nh, bs, hs)],
+        "flashinfer_hnd": [(nb, 2, nh, bs, hs)],
+        "packed_hnd": [(nb, nh, bs, 2 * hs)],
+        "packed_nhd": [(nb, bs, nh, 2 * hs)],
         "separate_kv_hnd": [(nb, nh, bs, hs)] * 2,
         "mla": [(nb, bs, nh * hs)],
     }[layout]
@@ -31,7 +35,12 @@ def random_tensor(shape, dtype: torch.dtype, gen: torch.Generator) -> torch.Tens
 
 
 def planes(layout: str) -> int:
-    return 1 if layout == "mla" else 2
+    return 1 if layout in ("mla", "packed_hnd", "packed_nhd") else 2
+
+
+def hidden(layout: str, nh: int, hs: int) -> int:
+    """Elements per token and plane in the LMCache memory object."""
+    return 2 * nh * hs if layout.startswith("packed") else nh * hs
 
 
 def to_canonical(layout: str, layer) -> torch.Tensor:
@@ -48,8 +57,17 @@ def to_canonical(layout: str, layer) -> torch.Tensor:
     if layout == "hnd":
         p, nb, nh, bs, hs = layer.shape
         return layer.permute(0, 1, 3, 2, 4).reshape(p, nb * bs, nh * hs)
+    if layout == "flashinfer_hnd":
+        nb, p, nh, bs, hs = layer.shape
+        return layer.permute(1, 0, 3, 2, 4).reshape(p, nb * bs, nh * hs)
     if layout == "separate_kv_hnd":
         return torch.stack([t.permute(0, 2, 1, 3).reshape(-1, t.shape[1] * t.shape[3]) for t in layer])
+    if layout == "packed_hnd":
+        nb, nh, bs, cs = layer.shape
+        return layer.permute(0, 2, 1, 3).reshape(1, nb * bs, nh * cs)
+    if layout == "packed_nhd":
+        nb, bs, nh, cs = layer.shape
+        return layer.reshape(1, nb * bs, nh * cs).clone()
     if layout == "mla":
         nb, bs, d = layer.shape
         return layer.reshape(1, nb * bs, d).clone()
@@ -71,6 +89,14 @@ def from_canonical(layout: str, canon: torch.Tensor, like):
     if layout == "hnd":
         p, nb, nh, bs, hs = like.shape
         return canon.reshape(p, nb, bs, nh, hs).permute(0, 1, 3, 2, 4).contiguous()
+    if layout == "flashinfer_hnd":
+        nb, p, nh, bs, hs = like.shape
+        return canon.reshape(p, nb, bs, nh, hs).permute(1, 0, 3, 2, 4).contiguous()
+    if layout == "packed_hnd":
+        nb, nh, bs, cs = like.shape
+        return canon.reshape(nb, bs, nh, cs).permute(0, 2, 1, 3).contiguous()
+    if layout == "packed_nhd":
+        return canon.reshape(like.shape)
     if layout == "separate_kv_hnd":
         nb, nh, bs, hs = like[0].shape
         return tuple(canon[i].reshape(nb, bs, nh, hs).permute(0, 2, 1, 3).contiguous() for i in range(2))

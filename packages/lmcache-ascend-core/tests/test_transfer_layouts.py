@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvref import LAYOUTS, make_layer, planes, random_tensor, ref_gather, ref_scatter, same
+from kvref import LAYOUTS, hidden, make_layer, planes, random_tensor, ref_gather, ref_scatter, same
 from lmcache_ascend.layouts import describe_chunk, describe_paged
 from lmcache_ascend.transfer import GATHER, SCATTER, transfer_kv
 
@@ -30,7 +30,7 @@ def random_slots(num_tokens: int, num_slots: int, gen: torch.Generator, dtype, h
 
 
 def transfer(layout, layers, chunk, slots, direction, skip=0, fmt=None):
-    fmt = fmt or ("KV_MLA_FMT" if layout == "mla" else "KV_2LTD")
+    fmt = fmt or ("KV_MLA_FMT" if planes(layout) == 1 else "KV_2LTD")
     paged = describe_paged(layers, layout)
     view = describe_chunk(chunk, fmt, writable=direction == GATHER)
     transfer_kv(paged, [(view, 0, slots.numel())], slots, direction, skip)
@@ -44,7 +44,7 @@ def test_round_trip_matches_torch(layout, dtype, slot_dtype):
     nl, nb, bs, nh, hs, nt = 3, 7, 16, 2, 32, 50
     layers = [make_layer(layout, nb, bs, nh, hs, dtype, gen) for _ in range(nl)]
     slots = random_slots(nt, nb * bs, gen, slot_dtype)
-    empty = torch.zeros(planes(layout), nl, nt, nh * hs, dtype=dtype)
+    empty = torch.zeros(planes(layout), nl, nt, hidden(layout, nh, hs), dtype=dtype)
 
     chunk = empty.clone()
     transfer(layout, layers, chunk, slots, GATHER)
@@ -63,7 +63,7 @@ def test_skip_prefix_leaves_prefix_alone(layout, skip):
     nl, nb, bs, nh, hs, nt = 2, 5, 16, 1, 64, 50
     layers = [make_layer(layout, nb, bs, nh, hs, torch.float16, gen) for _ in range(nl)]
     slots = random_slots(nt, nb * bs, gen, torch.int64)
-    sentinel = random_tensor((planes(layout), nl, nt, nh * hs), torch.float16, gen)
+    sentinel = random_tensor((planes(layout), nl, nt, hidden(layout, nh, hs)), torch.float16, gen)
     chunk = sentinel.clone()
     transfer(layout, layers, chunk, slots, GATHER, skip)
     assert same(chunk, ref_gather(layout, layers, slots, sentinel, skip))
@@ -124,7 +124,7 @@ def test_random_shapes_and_slot_mappings(layout, nb, bs, nh, hs, nl, seed, fill,
     nt = max(1, int(nb * bs * fill))
     layers = [make_layer(layout, nb, bs, nh, hs, torch.float16, gen) for _ in range(nl)]
     slots = random_slots(nt, nb * bs, gen, torch.int64, hole_every, bs)
-    empty = torch.zeros(planes(layout), nl, nt, nh * hs, dtype=torch.float16)
+    empty = torch.zeros(planes(layout), nl, nt, hidden(layout, nh, hs), dtype=torch.float16)
     chunk = empty.clone()
     transfer(layout, layers, chunk, slots, GATHER)
     assert same(chunk, ref_gather(layout, layers, slots, empty))

@@ -9,7 +9,7 @@ False = LMCache -> paged (retrieve) -- the same integers as 0.5's TransferDirect
 from lmcache_ascend import ops as _ops
 
 # EngineKVFormat values (lmcache_ascend.engine_formats) standing for 0.3.x's layouts.
-_FLASH_ATTN, _FLASHINFER, _MLA, _SEPARATE_KV = 1, 2, 3, 16
+_FLASH_ATTN, _FLASHINFER, _MLA = 1, 2, 3
 
 
 def _direction(direction) -> int:
@@ -33,23 +33,8 @@ def multi_layer_kv_transfer(key_value, key_value_ptrs, slot_mapping, paged_memor
 def multi_layer_kv_transfer_unilateral(key_value, key_value_ptrs, slot_mapping, paged_memory_device,
                                        page_buffer_size: int, direction: bool, use_mla: bool) -> None:
     """SGLang layout: key_value_ptrs holds the K layers then the V layers, each [page_buffer_size, hidden]."""
-    if use_mla:
-        multi_layer_kv_transfer(key_value, key_value_ptrs, slot_mapping, paged_memory_device,
-                                page_buffer_size, direction, use_mla)
-        return
-    _ops.multi_layer_kv_transfer(
-        key_value, _k_then_v_to_pairs(key_value_ptrs), slot_mapping, paged_memory_device, page_buffer_size,
-        _direction(direction), _SEPARATE_KV, block_size=page_buffer_size,
-    )
-
-
-def _k_then_v_to_pairs(ptrs):
-    """[K_0..K_{L-1}, V_0..V_{L-1}] -> [K_0, V_0, K_1, V_1, ...] (tensors or addresses)."""
-    items = list(ptrs) if isinstance(ptrs, (list, tuple)) else ptrs.tolist()
-    if len(items) % 2:
-        raise ValueError(f"key_value_ptrs has {len(items)} entries; expected K layers then V layers (an even count)")
-    half = len(items) // 2
-    return [x for layer in range(half) for x in (items[layer], items[half + layer])]
+    _ops.multi_layer_kv_transfer_unilateral(key_value, key_value_ptrs, slot_mapping, paged_memory_device,
+                                            page_buffer_size, _direction(direction), _MLA if use_mla else _FLASH_ATTN)
 
 
 def single_layer_kv_transfer(lmc_key_value_cache, vllm_key_value_cache, slot_mapping, direction: bool,

@@ -19,6 +19,7 @@ from lmcache_ascend.layouts import describe_chunk as _describe_chunk
 from lmcache_ascend.layouts import describe_paged as _describe_paged
 
 _H2D, _D2H = 0, 1
+_SEPARATE_KV = 16  # EngineKVFormat.NL_X_TWO_X_NB_BS_NH_HS
 
 
 def _kernel_direction(direction: _Any) -> int:
@@ -96,6 +97,27 @@ def multi_layer_kv_transfer(
         device=device or _device_type(paged_memory_device), extent_elems=extent,
     )
     _transfer.transfer_kv(paged, [(chunk, 0, chunk.num_tokens)], slot_mapping, kind, skip_prefix_n_tokens)
+
+
+def multi_layer_kv_transfer_unilateral(
+    key_value, key_value_ptrs, slot_mapping, paged_memory_device, page_buffer_size: int, direction,
+    engine_kv_format,
+) -> None:
+    """SGLang MHA: key_value_ptrs holds every layer's K buffer, then every layer's V buffer, each
+    [page_buffer_size, hidden]. MLA formats fall back to multi_layer_kv_transfer."""
+    fmt = _engine_format(engine_kv_format)
+    if fmt.planes == 1:
+        multi_layer_kv_transfer(key_value, key_value_ptrs, slot_mapping, paged_memory_device, page_buffer_size,
+                                direction, engine_kv_format)
+        return
+    items = list(key_value_ptrs) if isinstance(key_value_ptrs, (list, tuple)) else key_value_ptrs.tolist()
+    if len(items) % 2:
+        raise ValueError(f"key_value_ptrs has {len(items)} entries; expected the K layers then the V layers")
+    half = len(items) // 2
+    pairs = [x for layer in range(half) for x in (items[layer], items[half + layer])]
+    # Separate K/V with one block spanning the whole buffer is exactly [page_buffer_size, hidden].
+    multi_layer_kv_transfer(key_value, pairs, slot_mapping, paged_memory_device, page_buffer_size, direction,
+                            _SEPARATE_KV, block_size=page_buffer_size)
 
 
 def single_layer_kv_transfer(
