@@ -55,13 +55,14 @@ def engine_format(value, arg: str = "engine_kv_format") -> EngineFormat:
 def paged_from_format(
     fmt: EngineFormat, plane_bases: list[int], *, num_layers: int, page_buffer_size: int, block_size: int,
     head_size: int, hidden: int, block_stride_elems: int, itemsize: int, dtype: str, device: str,
-    extent_elems: int | None,
+    extent_elems: int | None, tensor_numel: int | None = None,
 ) -> PagedKV:
     """Descriptor of a paged cache given per-layer base pointers and LMCache's format arithmetic.
 
     plane_bases: one address per layer, or per layer and plane for separate K/V tensors.
     hidden: elements per token and plane in the LMCache memory object. extent_elems: elements
-    addressable from each base (None: the format's own footprint, for raw pointers).
+    addressable from each given base (None: the format's own footprint, for raw pointers).
+    tensor_numel: elements of each given per-layer tensor, checked against the format's arithmetic.
     """
     if page_buffer_size <= 0:
         raise ValueError(f"page_buffer_size={page_buffer_size} must be num_blocks * block_size > 0")
@@ -94,17 +95,26 @@ def paged_from_format(
         block_stride = block_stride_elems
     token_stride, head_stride = (head, block_size * head) if fmt.hnd else (hidden, head)
 
+    footprint = (page_buffer_size // block_size - 1) * block_stride + block_elems  # of one plane
     bases: list[int] = []
     if fmt.planes == 2 and fmt.tensors_per_layer == 1:
         for b in plane_bases:
             bases += [b, b + plane_offset * itemsize]
+        per_tensor = plane_offset + footprint
     else:
         bases = list(plane_bases)
+        per_tensor = footprint
+    if tensor_numel is not None and (tensor_numel < per_tensor or (tensor_numel != per_tensor and not block_stride_elems)):
+        raise ValueError(
+            f"key_value_ptrs: each paged tensor holds {tensor_numel} elements but {fmt.name} with "
+            f"page_buffer_size={page_buffer_size}, block_size={block_size} and hidden size {hidden} (from "
+            f"key_value) needs {per_tensor}: key_value's last dimension or page_buffer_size does not match the KV cache")
+    if extent_elems is not None and plane_offset and fmt.tensors_per_layer == 1:
+        extent_elems -= plane_offset  # the V plane starts plane_offset elements into the layer
     expected = num_layers * fmt.planes
     if len(bases) != expected:
         raise ValueError(f"key_value_ptrs: {len(plane_bases)} pointers for {num_layers} layers; format {fmt.name} "
                          f"needs {num_layers * fmt.tensors_per_layer}")
-    footprint = (page_buffer_size // block_size - 1) * block_stride + block_elems
     return PagedKV(
         plane_bases=tuple(bases), num_layers=num_layers, num_planes=fmt.planes,
         num_blocks=page_buffer_size // block_size, block_size=block_size, num_heads=heads, head_size=head,

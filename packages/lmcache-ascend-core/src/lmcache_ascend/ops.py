@@ -40,7 +40,8 @@ def _device_type(device: _Any) -> str:
 
 
 def _layer_bases(key_value_ptrs: _Any, tensors_per_layer: int, num_layers: int):
-    """(addresses, extent or None, dtype, device) of the paged layers named by key_value_ptrs."""
+    """(addresses, extent, dtype, device, numel) of the paged tensors named by key_value_ptrs; all but
+    the addresses are None when only raw addresses are given."""
     if isinstance(key_value_ptrs, (list, tuple)) and all(isinstance(p, int) for p in key_value_ptrs):
         addresses = list(key_value_ptrs)
     elif isinstance(key_value_ptrs, (list, tuple)):
@@ -54,11 +55,11 @@ def _layer_bases(key_value_ptrs: _Any, tensors_per_layer: int, num_layers: int):
         for i, v in enumerate(views):
             if not v.is_contiguous():
                 raise ValueError(f"key_value_ptrs[{i}]: paged KV tensors must be contiguous, got {v.describe()}")
-            if v.dtype != views[0].dtype or v.device != views[0].device:
+            if v.dtype != views[0].dtype or v.device != views[0].device or v.numel() != views[0].numel():
                 raise ValueError(f"key_value_ptrs[{i}]: {v.describe()} differs from key_value_ptrs[0]: "
                                  f"{views[0].describe()}")
         return ([v.address for v in views], min(v.extent_from(v.address) for v in views),
-                views[0].dtype, views[0].device)
+                views[0].dtype, views[0].device, views[0].numel())
     else:
         # An int64 tensor of addresses: the kernel can only trust page_buffer_size for the extent.
         ptrs = _as_view(key_value_ptrs, "key_value_ptrs")
@@ -68,7 +69,7 @@ def _layer_bases(key_value_ptrs: _Any, tensors_per_layer: int, num_layers: int):
         addresses = key_value_ptrs.tolist() if hasattr(key_value_ptrs, "tolist") else list(key_value_ptrs)
     if any(a == 0 for a in addresses):
         raise ValueError("key_value_ptrs holds a null address; pass one KV-cache data pointer per layer")
-    return addresses, None, None, None
+    return addresses, None, None, None, None
 
 
 def multi_layer_kv_transfer(
@@ -87,14 +88,14 @@ def multi_layer_kv_transfer(
     kind = _kernel_direction(direction)
     chunk = _describe_chunk(key_value, "KV_2LTD" if fmt.planes == 2 else "KV_MLA_FMT", "key_value",
                             writable=kind == _transfer.GATHER)
-    addresses, extent, dtype, device = _layer_bases(key_value_ptrs, fmt.tensors_per_layer, chunk.num_layers)
+    addresses, extent, dtype, device, numel = _layer_bases(key_value_ptrs, fmt.tensors_per_layer, chunk.num_layers)
     if device is not None and device != _device_type(paged_memory_device):
         raise ValueError(f"paged_memory_device={paged_memory_device} but the KV-cache tensors are on {device}")
     paged = _paged_from_format(
         fmt, addresses, num_layers=chunk.num_layers, page_buffer_size=page_buffer_size, block_size=block_size,
         head_size=head_size, hidden=chunk.hidden, block_stride_elems=block_stride_elems,
         itemsize=chunk.view.itemsize, dtype=dtype or chunk.view.dtype,
-        device=device or _device_type(paged_memory_device), extent_elems=extent,
+        device=device or _device_type(paged_memory_device), extent_elems=extent, tensor_numel=numel,
     )
     _transfer.transfer_kv(paged, [(chunk, 0, chunk.num_tokens)], slot_mapping, kind, skip_prefix_n_tokens)
 
