@@ -19,7 +19,7 @@ ROOT = Path(__file__).parent
 DIST = ROOT / "dist"
 CORE = ROOT / "packages" / "lmcache-ascend-core"
 
-nox.options.sessions = ["build", "tests_core"]
+nox.options.sessions = ["build", "install_check", "tests_core"]
 nox.options.error_on_missing_interpreters = True
 
 # One row per supported stack. The compatibility-matrix issue grows this table; every session
@@ -83,6 +83,15 @@ def build(session: nox.Session) -> None:
         old.unlink()
     session.install("pip>=24")
     session.run("python", "-m", "pip", "wheel", "--no-deps", "-w", str(DIST), str(CORE), *_pip_args())
+
+
+@nox.session(python="3.11")
+def install_check(session: nox.Session) -> None:
+    """A user's first step: pip install the core from source, no torch, no CANN; both surfaces import."""
+    session.install(str(CORE), *_pip_args())
+    session.chdir(session.create_tmp())
+    session.run("python", "-c", "import lmcache_ascend.ops, lmcache_ascend.c_ops, lmcache_ascend as m; "
+                "print('lmcache_ascend', m.__version__, 'threads', m.get_num_threads())")
 
 
 @nox.session(python=ROW["lmcache056"]["python"], requires=["build"])

@@ -44,7 +44,7 @@ class NativeBuildHook(BuildHookInterface):
         build_data["infer_tag"] = True
         for path in [lib, *extensions]:
             build_data["force_include"][str(path)] = f"lmcache_ascend/_native/{path.name}"
-        self.app.display_info("lmcache-ascend: CANN not searched at this stage; built the CPU backend")
+        self.app.display_info("lmcache-ascend: built the CPU backend")
 
     def _build_native_library(self, native: Path, out: Path) -> Path:
         cxx = shlex.split(os.environ.get("CXX", "c++"))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -109,3 +111,17 @@ def test_objects_without_memory_are_rejected_by_name():
     _, layers, slots, kv = setup(1)
     with pytest.raises(TypeError, match="key_value: expected a torch tensor, a DLPack producer or a buffer"):
         ops.multi_layer_kv_transfer(object(), layers, slots, "cpu", NB * BS, D2H, 1, BS)
+
+
+@pytest.mark.parametrize("value,expected", [("1", 1), ("3", 3), ("0", None), ("", None)])
+def test_thread_count_from_environment(value, expected):
+    code = "import lmcache_ascend as m; print(m.get_num_threads(), m.usable_cpu_count())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LMCACHE_ASCEND_NUM_THREADS": value},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) == (expected if expected is not None else int(out[1]))
+
+
+def test_invalid_thread_count_names_the_variable():
+    proc = subprocess.run([sys.executable, "-c", "import lmcache_ascend"], capture_output=True, text=True,
+                          env={**os.environ, "LMCACHE_ASCEND_NUM_THREADS": "many"})
+    assert proc.returncode != 0 and "LMCACHE_ASCEND_NUM_THREADS='many' is invalid" in proc.stderr
