@@ -21,7 +21,7 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # LMCache logs an INFO banner on import; keep the benchmark output readable.
@@ -104,14 +104,31 @@ class Case:
     layout: Layout
     block_size: int
     direction: str
-    gbps: dict = field(default_factory=dict)     # contender -> median GB/s
-    spread: dict = field(default_factory=dict)   # contender -> IQR / median
-    fallback_note: str = ""                      # why the fallback was not timed, if it was not
+    samples: dict   # contender -> GB/s per round (index r = round r, for every contender)
+    fallback_note: str = ""  # why the fallback was not timed, if it was not
 
     @property
-    def best_copy(self) -> float:
-        """The copy reference for the target: the faster of torch's threaded and 1-thread copy."""
-        return max(self.gbps["copy"], self.gbps["copy_1t"])
+    def gbps(self) -> dict:
+        return {n: statistics.median(s) for n, s in self.samples.items()}
+
+    @property
+    def spread(self) -> dict:
+        """Interquartile range / median per contender: how noisy its samples were."""
+        out = {}
+        for n, s in self.samples.items():
+            q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
+            out[n] = (q[2] - q[0]) / statistics.median(s)
+        return out
+
+    def ratio(self, other: str) -> float | None:
+        """Median over rounds of ours / other within the same round. Contenders of one round ran
+        within a fraction of a second of each other, so load changes on the host cancel out.
+        "copy" is the faster of torch's threaded and 1-thread copy in that round."""
+        if other not in self.samples:
+            return None
+        s = self.samples
+        ref = [max(a, b) for a, b in zip(s["copy"], s["copy_1t"])] if other == "copy" else s[other]
+        return statistics.median(o / r for o, r in zip(s["ours"], ref))
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -197,7 +214,7 @@ def sample_gbps(fn, nbytes: int, min_s: float) -> float:
             return nbytes * calls / elapsed / 1e9
 
 
-def time_interleaved(contenders: dict, nbytes: int, c: Config) -> tuple[dict, dict]:
+def time_interleaved(contenders: dict, nbytes: int, c: Config) -> dict:
     """contenders: name -> (our threads, torch threads, fn); the thread counts are set untimed."""
     def setup(ours_threads, torch_threads):
         lmcache_ascend.set_num_threads(ours_threads)
@@ -215,12 +232,7 @@ def time_interleaved(contenders: dict, nbytes: int, c: Config) -> tuple[dict, di
             *threads, fn = contenders[name]
             setup(*threads)
             samples[name].append(sample_gbps(fn, nbytes, c.min_sample_s))
-    medians = {n: statistics.median(s) for n, s in samples.items()}
-    spread = {}
-    for n, s in samples.items():
-        q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
-        spread[n] = (q[2] - q[0]) / medians[n]
-    return medians, spread
+    return samples
 
 
 def run_layout(layout: Layout, bs: int, c: Config, pool_threads: int, torch_threads: int,
@@ -259,12 +271,13 @@ def run_layout(layout: Layout, bs: int, c: Config, pool_threads: int, torch_thre
         }
         if not note:  # the fallback is torch code: it runs on torch's default threads
             contenders["fallback"] = (pool_threads, torch_threads, lambda: call_fallback(chunk, direction))
-        gbps, spread = time_interleaved(contenders, chunk.nbytes, c)
+        samples = time_interleaved(contenders, chunk.nbytes, c)
         lmcache_ascend.set_num_threads(pool_threads)
         torch.set_num_threads(torch_threads)
-        cases.append(Case(layout, bs, direction[0], gbps, spread, note))
+        cs = Case(layout, bs, direction[0], samples, note)
+        cases.append(cs)
         print(f"  {layout.label:10s} bs={bs:<4d} {direction[0]:24s} "
-              + "  ".join(f"{n}={v:7.2f} GB/s" for n, v in gbps.items()), flush=True)
+              + "  ".join(f"{n}={v:6.2f}" for n, v in cs.gbps.items()) + " GB/s", flush=True)
     return cases
 
 
@@ -301,8 +314,8 @@ def fmt_gbps(v) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
-def fmt_ratio(a, b) -> str:
-    return "n/a" if a is None or b is None else f"{a / b:.2f}x"
+def fmt_ratio(r) -> str:
+    return "n/a" if r is None else f"{r:.2f}x"
 
 
 def target_lines(cases: list[Case]) -> list[str]:
@@ -311,8 +324,7 @@ def target_lines(cases: list[Case]) -> list[str]:
     for label, key, target in [("contiguous copy", "copy", TARGET_VS_COPY),
                                ("LMCache fallback", "fallback", TARGET_VS_FALLBACK)]:
         for direction, *_ in DIRECTIONS:
-            rows = [(cs.gbps["ours"] / (cs.best_copy if key == "copy" else cs.gbps[key]), cs)
-                    for cs in cases if cs.direction == direction and key in cs.gbps]
+            rows = [(cs.ratio(key), cs) for cs in cases if cs.direction == direction and key in cs.samples]
             head = f"- ours >= {target:g}x {label}, {direction}:"
             if not rows:
                 lines.append(f"{head} no case to compare (fallback unsupported everywhere)")
@@ -358,7 +370,9 @@ def markdown(cases: list[Case], c: Config, quick: bool, pool_threads: int, torch
         f"GB/s = bytes of the LMCache memory object ({chunk_bytes / 2**20:.0f} MiB = {chunk_bytes} bytes) "
         f"/ time, 1 GB = 1e9 bytes. Each figure is the median of {c.rounds} rounds; in every round each "
         f"contender runs once (repeating the call for >= {c.min_sample_s * 1e3:g} ms), in rotating order, "
-        f"after {c.warmup} warm-up call(s). Before timing, the script checks that our gather equals "
+        f"after {c.warmup} warm-up call(s). The ratio columns are medians of the per-round ratios "
+        "(contenders of one round run within a fraction of a second, so a load change on the host "
+        "cancels out); they can differ slightly from the ratio of the two medians shown. Before timing, the script checks that our gather equals "
         "plain torch indexing, that our scatter writes exactly the mapped slots, that a scatter after "
         "a gather round-trips, and that ours and the fallback produce identical bytes in both "
         "directions wherever the fallback supports the layout.",
@@ -391,10 +405,12 @@ def markdown(cases: list[Case], c: Config, quick: bool, pool_threads: int, torch
         out.append(f"| {cs.layout.label} | {cs.block_size} | {cs.direction} | {fmt_gbps(g['ours'])} "
                    f"| {fmt_gbps(g['ours_1t'])} | {fmt_gbps(g['copy'])} | {fmt_gbps(g['copy_1t'])} "
                    f"| {fmt_gbps(g.get('fallback'))} "
-                   f"| {fmt_ratio(g['ours'], cs.best_copy)} | {fmt_ratio(g['ours'], g.get('fallback'))} |")
-    spread, name, cs = max((v, n, cs) for cs in cases for n, v in cs.spread.items())
-    out += ["", f"Noise: interquartile range / median is {statistics.median(v for cs in cases for v in cs.spread.values()):.0%} "
-            f"for the median cell, at most {spread:.0%} ({name}, {cs.layout.label} bs={cs.block_size} {cs.direction})."]
+                   f"| {fmt_ratio(cs.ratio('copy'))} | {fmt_ratio(cs.ratio('fallback'))} |")
+    spreads = [(v, n, cs) for cs in cases for n, v in cs.spread.items()]
+    worst, name, cs = max(spreads, key=lambda x: x[0])
+    out += ["", f"Noise (interquartile range / median of a cell's {c.rounds} samples): "
+            f"{statistics.median(x[0] for x in spreads):.0%} for the median cell, at most {worst:.0%} "
+            f"({name}, {cs.layout.label} bs={cs.block_size} {cs.direction})."]
     notes = sorted({(cs.layout.label, cs.fallback_note) for cs in cases if cs.fallback_note})
     for label, note in notes:
         out += ["", f"n/a for {label}: not supported by LMCache's fallback: {note}."]

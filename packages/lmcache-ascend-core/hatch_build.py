@@ -14,7 +14,7 @@ from pathlib import Path
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 NATIVE_LIB = "lmcache_ascend_cpu"
-BINDINGS = ["transfer"]  # lmcache_ascend/_native/<name>.pyx
+BINDINGS = ["transfer", "memory"]  # lmcache_ascend/_native/<name>.pyx
 CXXFLAGS = ["-std=c++17", "-O3", "-fPIC", "-Wall", "-Wextra"]
 
 

@@ -70,3 +70,61 @@ cdef extern from "lmcache_ascend/transfer.hpp" namespace "lmcache_ascend" nogil:
         Direction direction
 
     Status transfer_kv(const TransferRequest& request)
+
+
+cdef extern from "lmcache_ascend/host_memory.hpp" namespace "lmcache_ascend" nogil:
+    cdef cppclass HostMemoryOptions:
+        bint huge_pages
+        int numa_node
+        bint lock
+        bint populate
+        bint register_with_device
+
+    cdef cppclass HostMapping:
+        HostMapping()
+        @staticmethod
+        Status create(size_t size, const HostMemoryOptions& options, HostMapping* out)
+        void release()
+        char* data()
+        size_t size()
+        bint locked()
+        bint registered()
+
+    string memlock_limit_description()
+    bint has_cap_ipc_lock()
+    long huge_pages_free()
+    int numa_node_count()
+
+
+cdef extern from "lmcache_ascend/host_arena.hpp" namespace "lmcache_ascend" nogil:
+    cdef cppclass ArenaStats:
+        size_t capacity
+        size_t used
+        size_t free
+        size_t largest_free
+        size_t free_blocks
+        size_t allocations
+        double fragmentation
+
+    cdef cppclass HostArena:
+        @staticmethod
+        Status create(size_t size, size_t alignment, const HostMemoryOptions& options, HostArena** out)
+        Status allocate(size_t size, uintptr_t* out)
+        Status allocate_batch(size_t size, size_t count, uintptr_t* out)
+        Status free(uintptr_t address)
+        Status free_batch(const uintptr_t* addresses, size_t count)
+        size_t allocation_size(uintptr_t address)
+        ArenaStats stats()
+        Status discard_pages()
+        uintptr_t base()
+        size_t capacity()
+        size_t alignment()
+        bint locked()
+        bint registered()
+
+
+cdef extern from "lmcache_ascend/device_registration.hpp" namespace "lmcache_ascend" nogil:
+    cdef cppclass DeviceRegistrar:
+        string name()
+
+    DeviceRegistrar* device_registrar()
