@@ -303,11 +303,31 @@ def machine_info() -> dict:
     }
 
 
-def loadavg() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().split()[0]
-    except OSError:
-        return "?"
+class BackgroundLoad:
+    """CPU time other processes (and the hypervisor, as steal) took from this machine meanwhile:
+    on a shared host it says how much the numbers are disturbed."""
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait (includes steal)
+        mine = os.times().user + os.times().system
+        return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), mine
+
+    def share(self) -> float | None:
+        """Fraction of all cores' time used by others since construction."""
+        end = self._sample()
+        if not self.start or not end:
+            return None
+        wall = (end[0] - self.start[0]) * (os.cpu_count() or 1)
+        others = (end[1] - self.start[1]) - (end[2] - self.start[2])
+        return max(0.0, others / wall)
 
 
 def fmt_gbps(v) -> str:
@@ -342,7 +362,7 @@ def target_lines(cases: list[Case]) -> list[str]:
 
 
 def markdown(cases: list[Case], c: Config, quick: bool, pool_threads: int, torch_threads: int,
-             load: tuple, png_name: str | None) -> str:
+             background: float | None, png_name: str | None) -> str:
     chunk_bytes = 2 * c.num_layers * c.num_tokens * c.num_heads * c.head_size * c.dtype.itemsize
     out = [BEGIN, "## KV-cache transfer (`multi_layer_kv_transfer`)", ""]
     if quick:
@@ -391,8 +411,11 @@ def markdown(cases: list[Case], c: Config, quick: bool, pool_threads: int, torch
     out += [f"- {k}: {v}" for k, v in machine_info().items()]
     out += [f"- our thread pool: {pool_threads} thread(s) (default = usable cores); the "
             "\"ours, 1 thread\" column is the same kernel after `lmcache_ascend.set_num_threads(1)`",
-            f"- measured {datetime.date.today().isoformat()}; load average (1 min) {load[0]} before and "
-            f"{load[1]} after the run (a shared machine: other jobs compete for the same cores)", ""]
+            f"- measured {datetime.date.today().isoformat()}"
+            + ("" if background is None else
+               f"; other processes used {background:.0%} of the machine's CPU time during the run (a "
+               "shared host: the threaded contenders, ours and torch's copy, suffer most when a core is "
+               "taken)"), ""]
 
     out += [
         f"| layout | block size | direction | ours GB/s ({pool_threads} thr) | ours, 1 thread GB/s "
@@ -479,7 +502,7 @@ def main() -> int:
     print(f"lmcache_ascend threads: {pool_threads}; torch threads: {torch.get_num_threads()}; "
           f"{'quick' if args.quick else 'full'} mode", flush=True)
 
-    load_before = loadavg()
+    background = BackgroundLoad()
     gen = torch.Generator().manual_seed(0)
     cases = []
     for layout in LAYOUTS:
@@ -492,8 +515,7 @@ def main() -> int:
         png.parent.mkdir(parents=True, exist_ok=True)
         plot(cases, png, pool_threads, torch_threads)
         png_name = png.name  # the md sits in the same folder
-    load = (load_before, loadavg())
-    section = markdown(cases, c, args.quick, pool_threads, torch_threads, load, png_name)
+    section = markdown(cases, c, args.quick, pool_threads, torch_threads, background.share(), png_name)
     print()
     print(section)
     if args.out:

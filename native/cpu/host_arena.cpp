@@ -40,11 +40,11 @@ Status HostArena::create(size_t size, size_t alignment, const HostMemoryOptions&
 Status HostArena::validate_size(size_t size, size_t count) const {
   if (size == 0 || count == 0)
     return Status::Error(StatusCode::kInvalidArgument,
-                         "allocation of " + std::to_string(count) + " x " + std::to_string(size) +
-                             " bytes: size and count must be > 0");
+                         "allocation size " + std::to_string(size) + " bytes x count " + std::to_string(count) +
+                             ": size and count must be > 0");
   if (size > capacity_ || count > capacity_ / round(size))
     return Status::Error(StatusCode::kInvalidArgument,
-                         "allocation of " + std::to_string(count) + " x " + human_bytes(size) +
+                         "allocation size " + human_bytes(size) + " x " + std::to_string(count) +
                              " can never fit in this pool of " + human_bytes(capacity_) +
                              "; create a larger pool or allocate less");
   return Status::Ok();

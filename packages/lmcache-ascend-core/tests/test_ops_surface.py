@@ -116,7 +116,8 @@ def test_ops_module_exposes_only_ops():
     # LMCache's DeviceOps.bind_native binds every public callable / class of lmcache_ascend.ops.
     public = {n for n in dir(ops) if not n.startswith("_")}
     assert public == {"multi_layer_kv_transfer", "multi_layer_kv_transfer_unilateral", "single_layer_kv_transfer",
-                      "load_and_reshape_flash", "reshape_and_cache_back_flash"}
+                      "load_and_reshape_flash", "reshape_and_cache_back_flash", "alloc_pinned_ptr",
+                      "free_pinned_ptr", "alloc_pinned_numa_ptr", "free_pinned_numa_ptr"}
     assert list(inspect.signature(ops.multi_layer_kv_transfer).parameters) == [
         "key_value", "key_value_ptrs", "slot_mapping", "paged_memory_device", "page_buffer_size", "direction",
         "engine_kv_format", "block_size", "head_size", "skip_prefix_n_tokens", "block_stride_elems"]

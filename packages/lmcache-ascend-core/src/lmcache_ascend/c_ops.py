@@ -6,6 +6,7 @@ False = LMCache -> paged (retrieve) -- the same integers as 0.5's TransferDirect
 ([NB, 2, ...]). Every op forwards to `lmcache_ascend.ops`, which owns the semantics.
 """
 
+from lmcache_ascend import memory as _memory
 from lmcache_ascend import ops as _ops
 
 # EngineKVFormat values (lmcache_ascend.engine_formats) standing for 0.3.x's layouts.
@@ -48,3 +49,10 @@ def single_layer_kv_transfer(lmc_key_value_cache, vllm_key_value_cache, slot_map
 
 load_and_reshape_flash = _ops.load_and_reshape_flash
 reshape_and_cache_back_flash = _ops.reshape_and_cache_back_flash
+
+
+# Pinned host memory, with the signatures LMCache calls (alloc_fn(size, 0), free_fn(ptr, ...)).
+alloc_pinned_ptr = _memory.alloc_pinned_ptr
+free_pinned_ptr = _memory.free_pinned_ptr
+alloc_pinned_numa_ptr = _memory.alloc_pinned_numa_ptr
+free_pinned_numa_ptr = _memory.free_pinned_numa_ptr

@@ -11,6 +11,7 @@ D2H = 1 (paged -> LMCache, store). Format values are `EngineKVFormat` members or
 from dataclasses import replace as _replace
 from typing import Any as _Any
 
+from lmcache_ascend import memory as _memory
 from lmcache_ascend import transfer as _transfer
 from lmcache_ascend._tensors import as_view as _as_view
 from lmcache_ascend.engine_formats import engine_format as _engine_format
@@ -169,3 +170,10 @@ def load_and_reshape_flash(key_value, key_cache, value_cache, slot_mapping, laye
 def reshape_and_cache_back_flash(key_value, key_cache, value_cache, slot_mapping, layer_idx: int) -> None:
     """Scatter one layer: key_value[:, layer_idx] -> key_cache / value_cache [NB, BS, NH, HS]."""
     _flash(key_value, key_cache, value_cache, slot_mapping, layer_idx, _transfer.SCATTER)
+
+
+# Pinned host memory, with the signatures LMCache calls (alloc_fn(size, 0), free_fn(ptr, ...)).
+alloc_pinned_ptr = _memory.alloc_pinned_ptr
+free_pinned_ptr = _memory.free_pinned_ptr
+alloc_pinned_numa_ptr = _memory.alloc_pinned_numa_ptr
+free_pinned_numa_ptr = _memory.free_pinned_numa_ptr

@@ -1,0 +1,180 @@
+"""Pinned host memory: a native arena for LMCache's local CPU pool, and the alloc_pinned_ptr family.
+
+`HostPool` is the arena (one mmap'd region, O(log n) best-fit allocator); `PinnedArenaAllocator`
+(lmcache_ascend.memory_lmcache) adapts it to LMCache's allocator interface. Pinning (mlock) and
+device registration only matter when a device reads host memory directly: `lock="auto"` and
+`register="auto"` turn them on exactly when a device backend is installed.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from lmcache_ascend._native import memory as _native
+
+logger = logging.getLogger(__name__)
+
+memlock_limit_description = _native.memlock_limit_description
+has_cap_ipc_lock = _native.has_cap_ipc_lock
+huge_pages_free = _native.huge_pages_free
+numa_node_count = _native.numa_node_count
+device_registrar_name = _native.device_registrar_name
+
+
+def _resolve(option: Any, name: str) -> bool:
+    """'auto' -> whether a device backend is installed (pinning is only needed for device DMA)."""
+    if option == "auto":
+        return device_registrar_name() is not None
+    if isinstance(option, bool):
+        return option
+    raise ValueError(f"{name}={option!r} must be True, False or 'auto'")
+
+
+class HostPool:
+    """A pool of host memory handing out aligned byte ranges.
+
+    size_bytes: pool size. alignment: of every allocation (power of two, default 4 KiB).
+    huge_pages: back with 2 MiB huge pages. numa_node: bind to this NUMA node (None = no binding).
+    lock: mlock the pool ('auto': when a device backend is installed). register: register with
+    the device ('auto': when one is installed). populate: fault all pages in up front.
+    """
+
+    def __init__(self, size_bytes: int, *, alignment: int = 4096, huge_pages: bool = False,
+                 numa_node: int | None = None, lock: bool | str = "auto", register: bool | str = "auto",
+                 populate: bool = False) -> None:
+        if not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes <= 0:
+            raise ValueError(f"size_bytes={size_bytes!r} must be a positive number of bytes")
+        self._arena = _native.Arena(size_bytes, alignment, huge_pages=huge_pages, numa_node=numa_node,
+                                    lock=_resolve(lock, "lock"), populate=populate,
+                                    register=_resolve(register, "register"))
+
+    # -- allocation ------------------------------------------------------------------------
+    def allocate(self, size: int) -> int | None:
+        """Address of `size` bytes, or None when the pool cannot fit them right now."""
+        return self._arena.allocate(_positive(size, "size"))
+
+    def allocate_batch(self, size: int, count: int) -> list[int] | None:
+        """`count` addresses of `size` bytes each, all or nothing; None when they do not fit now."""
+        return self._arena.allocate_batch(_positive(size, "size"), _positive(count, "count"))
+
+    def free(self, address: int) -> None:
+        self._arena.free(address)
+
+    def free_batch(self, addresses: list[int]) -> None:
+        self._arena.free_batch(list(addresses))
+
+    def allocation_size(self, address: int) -> int:
+        return self._arena.allocation_size(address)
+
+    # -- views -----------------------------------------------------------------------------
+    def buffer(self) -> memoryview:
+        """The whole pool as a writable memoryview (keeps the pool's pages mapped while alive)."""
+        return memoryview(self._arena)
+
+    def tensor(self, address: int, nbytes: int, dtype: Any = None, shape: tuple[int, ...] | None = None):
+        """A torch tensor over `nbytes` at `address` (no copy). Needs torch."""
+        import torch
+
+        offset = address - self.base
+        if offset < 0 or offset + nbytes > self.capacity:
+            raise ValueError(f"range 0x{address:x}+{nbytes} is outside this pool "
+                             f"[0x{self.base:x}, 0x{self.base + self.capacity:x})")
+        t = torch.frombuffer(self._arena, dtype=torch.uint8, count=nbytes, offset=offset)
+        if dtype is not None:
+            t = t.view(dtype)
+        return t.view(shape) if shape is not None else t
+
+    # -- state -----------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """capacity, used, free, largest_free, free_blocks, allocations, fragmentation."""
+        return self._arena.stats()
+
+    @property
+    def base(self) -> int:
+        return self._arena.base
+
+    @property
+    def capacity(self) -> int:
+        return self._arena.capacity
+
+    @property
+    def locked(self) -> bool:
+        return self._arena.locked
+
+    @property
+    def registered(self) -> bool:
+        """Registered with a device; False on hosts without a device backend."""
+        return self._arena.registered
+
+    @property
+    def closed(self) -> bool:
+        return self._arena.closed
+
+    def close(self) -> int:
+        """Stop allocating. Live allocations are reported (warning) and their memory stays valid
+        until the pool object is collected; returns how many there were."""
+        live = self._arena.close()
+        if live:
+            logger.warning("lmcache-ascend: closing a host pool with %d live allocation(s); their memory "
+                           "stays mapped until the pool is garbage-collected", live)
+        return live
+
+    def __enter__(self) -> "HostPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _positive(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+    return value
+
+
+# -- the alloc_pinned_ptr family (LMCache's c_ops / cuda_ops names) -------------------------------
+_mappings: dict[int, Any] = {}
+_mappings_lock = threading.Lock()
+
+
+def _alloc(size: int, numa_node: int | None) -> int:
+    mapping = _native.Mapping(_positive(size, "size"), numa_node=numa_node, lock=_resolve("auto", "lock"),
+                              register=_resolve("auto", "register"))
+    with _mappings_lock:
+        _mappings[mapping.address] = mapping
+    return mapping.address
+
+
+def _free(ptr: int, name: str) -> None:
+    with _mappings_lock:
+        mapping = _mappings.pop(ptr, None)
+    if mapping is None:
+        raise ValueError(f"{name}(0x{ptr:x}): not a pointer returned by lmcache_ascend's alloc functions, "
+                         "or already freed")
+
+
+def alloc_pinned_ptr(size: int, flags: int = 0) -> int:
+    """Zeroed host memory, page-locked and device-registered when a device backend is present.
+    `flags` is accepted for LMCache's signature (cudaHostAlloc flags) and ignored."""
+    return _alloc(size, None)
+
+
+def free_pinned_ptr(ptr: int) -> None:
+    _free(ptr, "free_pinned_ptr")
+
+
+def alloc_pinned_numa_ptr(size: int, node: int = 0) -> int:
+    """Like alloc_pinned_ptr, with the pages bound to NUMA node `node`."""
+    return _alloc(size, node)
+
+
+def free_pinned_numa_ptr(ptr: int, size: int | None = None) -> None:
+    """`size` is accepted for LMCache's signature; the mapping knows its own size."""
+    _free(ptr, "free_pinned_numa_ptr")
+
+
+def pinned_mapping(ptr: int) -> Any:
+    """The buffer-protocol object behind a pointer from the alloc functions (for zero-copy views)."""
+    with _mappings_lock:
+        return _mappings[ptr]
