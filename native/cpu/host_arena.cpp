@@ -168,6 +168,11 @@ Status HostArena::discard_pages() {
   return Status::Ok();
 }
 
+std::vector<std::pair<size_t, size_t>> HostArena::free_extents() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return {free_by_offset_.begin(), free_by_offset_.end()};
+}
+
 ArenaStats HostArena::stats() const {
   std::lock_guard<std::mutex> lock(mutex_);
   ArenaStats s;

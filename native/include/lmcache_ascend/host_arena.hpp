@@ -44,6 +44,8 @@ class HostArena {
   size_t allocation_size(uintptr_t address) const;  // 0 if not a live allocation
 
   ArenaStats stats() const;
+  // (offset, size) of every free block in address order (adjacent blocks are always merged).
+  std::vector<std::pair<size_t, size_t>> free_extents() const;
   // Returns the pages to the OS; only when no allocation is live (else kInvalidArgument).
   Status discard_pages();
   uintptr_t base() const { return reinterpret_cast<uintptr_t>(mapping_.data()); }

@@ -45,6 +45,8 @@ class HostPool:
                  populate: bool = False) -> None:
         if not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes <= 0:
             raise ValueError(f"size_bytes={size_bytes!r} must be a positive number of bytes")
+        if not isinstance(alignment, int) or alignment < 64 or alignment & (alignment - 1):
+            raise ValueError(f"alignment={alignment!r} must be a power of two >= 64 (default 4096)")
         self._arena = _native.Arena(size_bytes, alignment, huge_pages=huge_pages, numa_node=numa_node,
                                     lock=_resolve(lock, "lock"), populate=populate,
                                     register=_resolve(register, "register"))
@@ -66,6 +68,10 @@ class HostPool:
 
     def allocation_size(self, address: int) -> int:
         return self._arena.allocation_size(address)
+
+    def free_extents(self) -> list[tuple[int, int]]:
+        """(offset, size) of every free block, in address order."""
+        return self._arena.free_extents()
 
     # -- views -----------------------------------------------------------------------------
     def buffer(self) -> memoryview:
@@ -178,3 +184,12 @@ def pinned_mapping(ptr: int) -> Any:
     """The buffer-protocol object behind a pointer from the alloc functions (for zero-copy views)."""
     with _mappings_lock:
         return _mappings[ptr]
+
+
+def __getattr__(name: str) -> Any:
+    # PinnedArenaAllocator needs torch and LMCache; import them only when it is asked for.
+    if name == "PinnedArenaAllocator":
+        from lmcache_ascend.lmcache_allocator import PinnedArenaAllocator
+
+        return PinnedArenaAllocator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

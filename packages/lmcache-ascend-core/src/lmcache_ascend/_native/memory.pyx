@@ -89,6 +89,10 @@ cdef class Arena:
         return {"capacity": s.capacity, "used": s.used, "free": s.free, "largest_free": s.largest_free,
                 "free_blocks": s.free_blocks, "allocations": s.allocations, "fragmentation": s.fragmentation}
 
+    def free_extents(self):
+        """[(offset, size)] of the free blocks, in address order."""
+        return [(e.first, e.second) for e in self._arena.free_extents()]
+
     @property
     def base(self):
         return self._arena.base()

@@ -1,6 +1,8 @@
 # Declarations of native/include/lmcache_ascend/*.hpp, one block per header.
 from libc.stdint cimport int32_t, int64_t, uintptr_t
+from libcpp.pair cimport pair
 from libcpp.string cimport string
+from libcpp.vector cimport vector
 
 
 cdef extern from "lmcache_ascend/status.hpp" namespace "lmcache_ascend" nogil:
@@ -116,6 +118,7 @@ cdef extern from "lmcache_ascend/host_arena.hpp" namespace "lmcache_ascend" nogi
         size_t allocation_size(uintptr_t address)
         ArenaStats stats()
         Status discard_pages()
+        vector[pair[size_t, size_t]] free_extents()
         uintptr_t base()
         size_t capacity()
         size_t alignment()
