@@ -19,7 +19,7 @@ ROOT = Path(__file__).parent
 DIST = ROOT / "dist"
 CORE = ROOT / "packages" / "lmcache-ascend-core"
 
-nox.options.sessions = ["build", "install_check", "tests_core"]
+nox.options.sessions = ["build", "install_check", "tests_core", "tests_core_lmcache037"]
 nox.options.error_on_missing_interpreters = True
 
 # One row per supported stack. The compatibility-matrix issue grows this table; every session
@@ -28,24 +28,31 @@ MATRIX = [
     {
         "name": "lmcache056",
         "python": "3.11",
-        # Only CPU build of torch on this machine's wheel folder; any other pin pulls a CUDA build.
+        # The only torch build in this machine's local wheel folder; any other pin pulls CUDA wheels.
         "torch": "torch==2.13.0",
         # Current LMCache: its torch fallback is the peer our kernels are checked against.
         "lmcache": "lmcache==0.5.6",
+        # Installed with --no-deps: LMCache's declared dependencies include CUDA-only wheels (cupy,
+        # cuda-python, cufile, nvtx) never imported on a CPU host. These are what it does import
+        # there (numba: torch_ops; numpy<=2.2.6: LMCache's own pin; the rest: reached when a
+        # fallback op resolves its format spec or the memory module loads).
+        "lmcache_deps": ["numba", "numpy<=2.2.6", "cachetools", "pyyaml", "requests",
+                         "prometheus_client>=0.18.0,<=0.24.1", "py-cpuinfo", "psutil", "aiohttp",
+                         "sortedcontainers"],
+        "runs_here": True,
+    },
+    {
+        "name": "lmcache037",
+        "python": "3.11",
+        "torch": "torch==2.13.0",  # the seed's stack pins torch 2.7.1, not installable here (CPU)
+        # The seed's LMCache; its compiled c_ops is CUDA-linked, so only its Python layers run here.
+        "lmcache": "lmcache==0.3.7",
+        "lmcache_deps": ["numpy<=2.2.6", "sortedcontainers", "requests", "pyyaml", "prometheus_client",
+                         "psutil", "py-cpuinfo", "aiohttp", "cachetools", "msgspec", "nvtx"],
         "runs_here": True,
     },
 ]
 ROW = {row["name"]: row for row in MATRIX}
-
-# What LMCache 0.5.6 needs on a CPU host to import and call its torch fallback kernels
-# (lmcache.v1.platform.torch_ops). Its declared dependencies include CUDA-only wheels (cupy,
-# cuda-python, cufile, nvtx) that are never imported there, so it is installed with --no-deps plus
-# this list (numba: torch_ops imports it; numpy<=2.2.6: LMCache's own pin; the rest: imported
-# when a fallback op resolves its format spec).
-LMCACHE_CPU_DEPS = [
-    "numba", "numpy<=2.2.6", "cachetools", "pyyaml", "requests", "prometheus_client>=0.18.0,<=0.24.1",
-    "py-cpuinfo", "psutil", "aiohttp", "sortedcontainers",
-]
 
 
 def _pip_args() -> list[str]:
@@ -61,17 +68,18 @@ def core_wheel() -> Path:
     return wheels[-1]
 
 
-def print_versions(session: nox.Session, *modules: str) -> None:
-    code = ("import importlib, sys, platform; print('python', sys.version.split()[0], platform.machine());"
-            f"[print(m, getattr(importlib.import_module(m), '__version__', '?')) for m in {list(modules)!r}]")
+def print_versions(session: nox.Session, *dists: str) -> None:
+    code = ("import importlib.metadata as md, sys, platform; print('python', sys.version.split()[0], platform.machine());"
+            f"[print(d, md.version(d)) for d in {list(dists)!r}]")
     session.run("python", "-c", code, silent=False)
 
 
-def run_tests(session: nox.Session, tests: Path, *modules: str) -> None:
+def run_tests(session: nox.Session, tests: Path, *dists: str, files: list[str] | None = None) -> None:
     """The one test runner: from a temp dir, so only the installed wheel is importable."""
-    print_versions(session, *modules)
+    print_versions(session, *dists)
     session.chdir(session.create_tmp())
-    session.run("python", "-m", "pytest", str(tests), "-c", str(ROOT / "pytest.ini"),
+    targets = [str(tests / f) for f in files] if files else [str(tests)]
+    session.run("python", "-m", "pytest", *targets, "-c", str(ROOT / "pytest.ini"),
                 "--rootdir", str(tests), "-p", "no:cacheprovider", *session.posargs)
 
 
@@ -94,14 +102,30 @@ def install_check(session: nox.Session) -> None:
                 "print('lmcache_ascend', m.__version__, 'threads', m.get_num_threads())")
 
 
-@nox.session(python=ROW["lmcache056"]["python"], requires=["build"])
-def tests_core(session: nox.Session) -> None:
-    """Core wheel against real torch and LMCache 0.5.6's torch fallback."""
-    row = ROW["lmcache056"]
+def install_stack(session: nox.Session, row: dict) -> None:
+    """torch, the core wheel with its test extras, and the row's LMCache (CPU-importable parts)."""
     session.install(row["torch"], *_pip_args())
     session.install(f"{core_wheel()}[test]", *_pip_args())
     session.install("--no-deps", row["lmcache"])
-    if LMCACHE_CPU_DEPS:
-        session.install(*LMCACHE_CPU_DEPS, *_pip_args())
+    session.install(*row["lmcache_deps"], *_pip_args())
+    # LMCache's own allocator tests, from the release's sdist (never vendored into this repo).
+    upstream = ROOT / ".nox" / "_upstream" / row["lmcache"].replace("==", "-")
+    session.run("python", str(ROOT / "tools" / "fetch_upstream_tests.py"), row["lmcache"],
+                "tests/v1/test_memory_management.py", "--dest", str(upstream))
+    session.env["LMCACHE_UPSTREAM_TESTS"] = str(upstream)
+
+
+@nox.session(python=ROW["lmcache056"]["python"], requires=["build"])
+def tests_core(session: nox.Session) -> None:
+    """Core wheel against real torch and LMCache 0.5.6 (its torch fallback and allocator tests)."""
+    install_stack(session, ROW["lmcache056"])
     session.env["LMCACHE_ASCEND_REQUIRE_LMCACHE"] = "1"  # the fallback comparison must run, not skip
-    run_tests(session, CORE / "tests", "torch", "lmcache_ascend", "lmcache")
+    run_tests(session, CORE / "tests", "torch", "lmcache-ascend-core", "lmcache")
+
+
+@nox.session(python=ROW["lmcache037"]["python"], requires=["build"])
+def tests_core_lmcache037(session: nox.Session) -> None:
+    """The allocator against LMCache 0.3.7 (the seed's release) and its own allocator tests."""
+    install_stack(session, ROW["lmcache037"])
+    run_tests(session, CORE / "tests", "torch", "lmcache-ascend-core", "lmcache",
+              files=["test_lmcache_allocator.py", "test_lmcache_allocator_upstream.py"])
