@@ -117,3 +117,19 @@ def test_several_shapes_in_one_object():
     alloc = PinnedArenaAllocator(4 * MiB)
     obj = alloc.allocate([torch.Size([2, 4]), torch.Size([3])], [torch.float16, torch.float32])
     assert obj.get_size() == 2 * 4 * 2 + 3 * 4 and obj.get_tensor(1).shape == torch.Size([3])
+
+
+def test_freed_objects_are_revived_only_for_the_same_slice_and_layout():
+    alloc = PinnedArenaAllocator(4 * MiB)
+    first = alloc.allocate(SHAPE, torch.float16, MemoryFormat.KV_2LTD)
+    first.pin()
+    first.unpin()  # pin then unpin with ref_count 1 keeps it alive
+    alloc.free(first)
+    again = alloc.allocate(SHAPE, torch.float16, MemoryFormat.KV_T2D)
+    assert again is first  # same offset, same layout: the object starts a new lifetime
+    assert again.is_valid() and again.meta.ref_count == 1 and again.meta.pin_count == 0
+    assert again.get_memory_format() == MemoryFormat.KV_T2D
+    alloc.free(again)
+    other = alloc.allocate(torch.Size([2, 4, 128, 128]), torch.float16)
+    assert other is not first and other.meta.address == first.meta.address and not first.is_valid()
+    assert other.tensor.shape == torch.Size([2, 4, 128, 128])

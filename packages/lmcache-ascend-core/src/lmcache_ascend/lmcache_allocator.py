@@ -21,6 +21,7 @@ from lmcache_ascend.memory import HostPool
 logger = logging.getLogger(__name__)
 
 FreeBlock = namedtuple("FreeBlock", ["start", "size"])
+_MAX_SPARES = 4096  # bounds the memory-object cache (each holds only a view, not pool memory)
 
 # LMCache constructor options that select its own allocator flavours; accepted for drop-in use.
 _LMCACHE_OPTIONS = {"use_paging", "shapes", "dtypes", "shape", "dtype", "fmt", "config", "shm_name", "numa_mapping"}
@@ -66,64 +67,105 @@ class PinnedArenaAllocator(compat.MixedMemoryAllocator):
         self.use_hugepages = huge_pages
         self.numa_mapping = options.get("numa_mapping")
         self.buffer = torch.frombuffer(self.pool.buffer(), dtype=torch.uint8)
+        self._arena = self.pool._arena  # the native arena, called directly on the hot path
+        self._base, self._capacity, self._align_mask = self.pool.base, self.pool.capacity, alignment - 1
         self.pin_allocator = self  # LMCache code reaches the carving allocator through this name
         self.host_mem_lock = threading.RLock()  # free() may run from __del__ during an allocation
         self.buffer_allocator = compat.BufferAllocator("cpu")
         self._unregistered = False
+        # Freed memory objects by offset, revived when the same slice is handed out again for the
+        # same layout: building a TensorMemoryObj costs more than the allocation itself.
+        self._spares: dict[int, tuple[Any, tuple]] = {}  # offset -> (object, layout key)
 
     # -- the allocator interface (generation-specific signatures are bound below) ---------------
+    # The hot path talks to the native arena directly and keeps Python work to a minimum: LMCache
+    # allocates and frees one object per chunk per request.
     def _allocate(self, shapes: Any, dtypes: Any, fmt: Any, batch_size: Optional[int] = None) -> Any:
-        if fmt == compat.MemoryFormat.BINARY_BUFFER:
-            return compat.buffer_allocate(self.buffer_allocator, shapes, dtypes, fmt, batch_size)
         if fmt not in compat.KV_FORMATS:
+            if fmt == compat.MemoryFormat.BINARY_BUFFER:
+                return compat.buffer_allocate(self.buffer_allocator, shapes, dtypes, fmt, batch_size)
             raise ValueError(f"Unsupported memory format: {fmt}")
         if batch_size is not None and batch_size <= 0:
             return [] if batch_size == 0 else None
         shapes, dtypes = compat.as_lists(shapes, dtypes)
-        if any(d is None for d in dtypes):
-            raise ValueError(f"dtype must be given for format {fmt}")
-        nbytes = sum(s.numel() * d.itemsize for s, d in zip(shapes, dtypes))
+        nbytes = compat.size_bytes(shapes, dtypes)
         if nbytes <= 0:
             raise ValueError("size must be greater than 0")
         if self._unregistered:
             raise ValueError("PinnedArenaAllocator is closed; create a new one")
-        if nbytes * (batch_size or 1) > self.pool.capacity:
+        if nbytes * (batch_size or 1) > self._capacity:
             # HostPool raises for requests that can never fit; LMCache expects None (memory pressure).
-            logger.debug("lmcache-ascend: %d x %d bytes exceed the %d-byte pool", batch_size or 1, nbytes,
-                         self.pool.capacity)
             return None
-        with self.host_mem_lock:
-            if batch_size is None:
-                address = self.pool.allocate(nbytes)
-                return None if address is None else self._object(address, nbytes, nbytes, shapes, dtypes, fmt)
-            addresses = self.pool.allocate_batch(nbytes, batch_size)
-            if addresses is None:
-                return None
-            aligned = self.pool.allocation_size(addresses[0])
-            return [self._object(a, aligned, nbytes, shapes, dtypes, fmt) for a in addresses]
+        aligned = (nbytes + self._align_mask) & ~self._align_mask
+        # Spares are only revived for the same slice length and layout, compared as one tuple.
+        key = (tuple(shapes), tuple(dtypes))
+        if batch_size is None:
+            address = self._arena.allocate(nbytes)
+            return None if address is None else self._object(address - self._base, nbytes, aligned, shapes,
+                                                              dtypes, fmt, (key, nbytes))
+        addresses = self._arena.allocate_batch(nbytes, batch_size)
+        if addresses is None:
+            return None
+        # Upstream gives batched objects their padded slice; single ones their exact size.
+        key, base, spares, out = (key, aligned), self._base, self._spares, []
+        for a in addresses:  # inlined _object: this loop runs once per chunk of a request
+            spare = spares.pop(a - base, None)
+            if spare is not None and spare[1] == key:
+                out.append(spare[0])
+            else:
+                out.append(self._object(a - base, aligned, aligned, shapes, dtypes, fmt, key, spare))
+        compat.revive_many(out, fmt)
+        return out
 
-    def _object(self, address: int, view_bytes: int, nbytes: int, shapes: list, dtypes: list, fmt: Any) -> Any:
-        offset = address - self.pool.base
-        metadata = compat.make_metadata(shapes, dtypes, offset, self.pool.allocation_size(address), fmt)
-        return compat.TensorMemoryObj(self.buffer[offset: offset + view_bytes], metadata, parent_allocator=self)
+    def _object(self, offset: int, view_bytes: int, aligned: int, shapes: list, dtypes: list, fmt: Any,
+                key: tuple, spare: Any = ()) -> Any:
+        if spare == ():
+            spare = self._spares.pop(offset, None)
+            if spare is not None and spare[1] == key:
+                return compat.revive(spare[0], fmt)
+        metadata = compat.make_metadata(shapes, dtypes, offset, aligned, fmt)
+        obj = compat.TensorMemoryObj(self.buffer[offset: offset + view_bytes], metadata, parent_allocator=self)
+        obj._lmcache_ascend_layout = key  # lets _retire keep it as a spare
+        return obj
 
     def free(self, memory_obj: Any, allocator_type: Optional[str] = None) -> None:
-        self.batched_free([memory_obj], allocator_type)
+        if self._unregistered:  # after close, late frees (e.g. from __del__) are no-ops
+            return
+        if type(memory_obj) is compat.BytesBufferMemoryObj:
+            self.buffer_allocator.free(memory_obj)
+            return
+        with self.host_mem_lock:  # the validity check and the free must be one step
+            if not memory_obj.is_valid():
+                return
+            self._arena.free(self._base + memory_obj.meta.address)  # raises for a foreign object
+            self._retire(memory_obj)
 
     def batched_free(self, memory_objs: list, allocator_type: Optional[str] = None, update_stats: bool = True) -> None:
-        if not memory_objs or self._unregistered:  # after close, late frees (e.g. from __del__) are no-ops
+        if not memory_objs or self._unregistered:
             return
-        buffers = [o for o in memory_objs if isinstance(o, compat.BytesBufferMemoryObj)]
+        # type() identity, not isinstance: these are ABCs, and isinstance on them dominates this loop.
+        buffer_type = compat.BytesBufferMemoryObj
+        buffers = [o for o in memory_objs if type(o) is buffer_type]
         if buffers:
             self.buffer_allocator.batched_free(buffers)
         with self.host_mem_lock:
-            live = [o for o in memory_objs if not isinstance(o, compat.BytesBufferMemoryObj) and o.is_valid()]
-            if not live:
-                return
-            # One native call validates every address first: a foreign object leaves the pool unchanged.
-            self.pool.free_batch([self.pool.base + o.meta.address for o in live])
-            for o in live:
-                o.invalidate()
+            live = [o for o in memory_objs if type(o) is not buffer_type and o.is_valid()]
+            if live:
+                # One native call checks every address first: a foreign object leaves the pool unchanged.
+                base = self._base
+                self._arena.free_batch([base + o.meta.address for o in live])
+                if len(self._spares) + len(live) > _MAX_SPARES:
+                    self._spares.clear()
+                spares = self._spares
+                for o in live:  # inlined _retire
+                    o.invalidate()
+                    spares[o.meta.address] = (o, o._lmcache_ascend_layout)
+
+    def _retire(self, memory_obj: Any) -> None:
+        memory_obj.invalidate()
+        if len(self._spares) >= _MAX_SPARES:  # keep the cache bounded; dropped spares are just rebuilt
+            self._spares.clear()
+        self._spares[memory_obj.meta.address] = (memory_obj, memory_obj._lmcache_ascend_layout)
 
     def memcheck(self) -> bool:
         s = self.pool.stats()
