@@ -125,7 +125,7 @@ class PinnedArenaAllocator(compat.MixedMemoryAllocator):
                 return compat.revive(spare[0], fmt)
         metadata = compat.make_metadata(shapes, dtypes, offset, aligned, fmt)
         obj = compat.TensorMemoryObj(self.buffer[offset: offset + view_bytes], metadata, parent_allocator=self)
-        obj._lmcache_ascend_layout = key  # lets _retire keep it as a spare
+        obj._lmcache_ascend_layout = key  # lets free() keep it as a spare
         return obj
 
     def free(self, memory_obj: Any, allocator_type: Optional[str] = None) -> None:
@@ -137,8 +137,12 @@ class PinnedArenaAllocator(compat.MixedMemoryAllocator):
         with self.host_mem_lock:  # the validity check and the free must be one step
             if not memory_obj.is_valid():
                 return
-            self._arena.free(self._base + memory_obj.meta.address)  # raises for a foreign object
-            self._retire(memory_obj)
+            offset = memory_obj.meta.address
+            self._arena.free(self._base + offset)  # raises for a foreign object, pool unchanged
+            memory_obj.invalidate()
+            if len(self._spares) >= _MAX_SPARES:  # keep the cache bounded; dropped spares are rebuilt
+                self._spares.clear()
+            self._spares[offset] = (memory_obj, memory_obj._lmcache_ascend_layout)
 
     def batched_free(self, memory_objs: list, allocator_type: Optional[str] = None, update_stats: bool = True) -> None:
         if not memory_objs or self._unregistered:
@@ -157,15 +161,9 @@ class PinnedArenaAllocator(compat.MixedMemoryAllocator):
                 if len(self._spares) + len(live) > _MAX_SPARES:
                     self._spares.clear()
                 spares = self._spares
-                for o in live:  # inlined _retire
+                for o in live:
                     o.invalidate()
                     spares[o.meta.address] = (o, o._lmcache_ascend_layout)
-
-    def _retire(self, memory_obj: Any) -> None:
-        memory_obj.invalidate()
-        if len(self._spares) >= _MAX_SPARES:  # keep the cache bounded; dropped spares are just rebuilt
-            self._spares.clear()
-        self._spares[memory_obj.meta.address] = (memory_obj, memory_obj._lmcache_ascend_layout)
 
     def memcheck(self) -> bool:
         s = self.pool.stats()
@@ -207,6 +205,21 @@ class PinnedArenaAllocator(compat.MixedMemoryAllocator):
 
 if compat.GENERATION == 5:
     def _allocate_5(self, shapes, dtypes, fmt=compat.MemoryFormat.KV_2LTD, allocator_type=None):
+        # Fast path for what LMCache asks for per chunk: one shape, one dtype, a KV format.
+        if type(shapes) is torch.Size and isinstance(dtypes, torch.dtype) and fmt in compat.KV_FORMATS \
+                and not self._unregistered:
+            nbytes = shapes.numel() * dtypes.itemsize
+            if 0 < nbytes <= self._capacity:
+                address = self._arena.allocate(nbytes)
+                if address is None:
+                    return None
+                offset = address - self._base
+                key = (((shapes,), (dtypes,)), nbytes)
+                spare = self._spares.pop(offset, None)
+                if spare is not None and spare[1] == key:
+                    return compat.revive(spare[0], fmt)
+                aligned = (nbytes + self._align_mask) & ~self._align_mask
+                return self._object(offset, nbytes, aligned, [shapes], [dtypes], fmt, key, None)
         return self._allocate(shapes, dtypes, fmt)
 
     def _batched_allocate_5(self, shapes, dtypes, batch_size, fmt=compat.MemoryFormat.KV_2LTD, allocator_type=None):
