@@ -129,3 +129,17 @@ def tests_core_lmcache037(session: nox.Session) -> None:
     install_stack(session, ROW["lmcache037"])
     run_tests(session, CORE / "tests", "torch", "lmcache-ascend-core", "lmcache",
               files=["test_lmcache_allocator.py", "test_lmcache_allocator_upstream.py"])
+
+
+@nox.session(python=ROW["lmcache056"]["python"], requires=["build"])
+def bench(session: nox.Session) -> None:
+    """Side-by-side benchmarks; results replace their sections of docs/benchmarks.md."""
+    row = ROW["lmcache056"]
+    session.install(row["torch"], *_pip_args())
+    session.install(str(core_wheel()), "matplotlib", *_pip_args())
+    session.install("--no-deps", row["lmcache"])
+    session.install(*row["lmcache_deps"], *_pip_args())
+    print_versions(session, "torch", "lmcache-ascend-core", "lmcache")
+    out = str(ROOT / "docs" / "benchmarks.md")
+    for script in ("bench_transfer.py", "bench_allocator.py"):
+        session.run("python", str(ROOT / "benchmarks" / script), "--out", out, *session.posargs)
