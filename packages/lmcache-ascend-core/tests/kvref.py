@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-LAYOUTS = ["flash_attn", "flashinfer", "separate_kv", "cpu", "hnd", "flashinfer_hnd", "separate_kv_hnd",
+LAYOUTS = ["flash_attn", "flashinfer", "separate_kv", "cpu", "cpu_nhd", "hnd", "flashinfer_hnd", "separate_kv_hnd",
            "packed_hnd", "packed_nhd", "mla"]
 
 
@@ -17,6 +17,7 @@ def make_layer(layout: str, nb: int, bs: int, nh: int, hs: int, dtype: torch.dty
         "flashinfer": [(nb, 2, bs, nh, hs)],
         "separate_kv": [(nb, bs, nh, hs)] * 2,
         "cpu": [(nb, nh, bs, 2 * hs)],
+        "cpu_nhd": [(nb, bs, nh, 2 * hs)],
         "hnd": [(2, nb, nh, bs, hs)],
         "flashinfer_hnd": [(nb, 2, nh, bs, hs)],
         "packed_hnd": [(nb, nh, bs, 2 * hs)],
@@ -54,6 +55,9 @@ def to_canonical(layout: str, layer) -> torch.Tensor:
     if layout == "cpu":
         nb, nh, bs, hs2 = layer.shape
         return layer.view(nb, nh, bs, 2, hs2 // 2).permute(3, 0, 2, 1, 4).reshape(2, nb * bs, nh * hs2 // 2)
+    if layout == "cpu_nhd":
+        nb, bs, nh, hs2 = layer.shape
+        return layer.view(nb, bs, nh, 2, hs2 // 2).permute(3, 0, 1, 2, 4).reshape(2, nb * bs, nh * hs2 // 2)
     if layout == "hnd":
         p, nb, nh, bs, hs = layer.shape
         return layer.permute(0, 1, 3, 2, 4).reshape(p, nb * bs, nh * hs)
@@ -86,6 +90,9 @@ def from_canonical(layout: str, canon: torch.Tensor, like):
     if layout == "cpu":
         nb, nh, bs, hs2 = like.shape
         return canon.reshape(2, nb, bs, nh, hs2 // 2).permute(1, 3, 2, 0, 4).reshape(like.shape).contiguous()
+    if layout == "cpu_nhd":
+        nb, bs, nh, hs2 = like.shape
+        return canon.reshape(2, nb, bs, nh, hs2 // 2).permute(1, 2, 3, 0, 4).reshape(like.shape).contiguous()
     if layout == "hnd":
         p, nb, nh, bs, hs = like.shape
         return canon.reshape(p, nb, bs, nh, hs).permute(0, 1, 3, 2, 4).contiguous()

@@ -20,6 +20,7 @@ ENGINE_LAYOUTS: dict[str, tuple[tuple[str, ...], int]] = {
     "flashinfer": (("B", "P", "T", "H", "D"), 1),       # [NB, 2, BS, NH, HS]
     "separate_kv": (("B", "T", "H", "D"), 2),           # (K, V), [NB, BS, NH, HS] each
     "cpu": (("B", "H", "T", "PD"), 1),                  # [NB, NH, BS, 2*HS] vLLM CPU platform
+    "cpu_nhd": (("B", "T", "H", "PD"), 1),              # [NB, BS, NH, 2*HS] its token-major variant
     "hnd": (("P", "B", "H", "T", "D"), 1),              # [2, NB, NH, BS, HS]
     "flashinfer_hnd": (("B", "P", "H", "T", "D"), 1),   # [NB, 2, NH, BS, HS]
     "separate_kv_hnd": (("B", "H", "T", "D"), 2),       # (K, V), [NB, NH, BS, HS] each
