@@ -26,6 +26,10 @@ from pathlib import Path
 
 # LMCache logs an INFO banner on import; keep the benchmark output readable.
 os.environ.setdefault("LMCACHE_LOG_LEVEL", "WARNING")
+# Contenders run back to back. By default torch's OpenMP workers keep spinning on their core after
+# each parallel copy, so whatever runs next (our pool, or the fallback) finds one of the two cores
+# taken. Passive waiting makes every contender start on an idle machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -24,6 +25,16 @@ int usable_cpu_count() {
 }
 
 namespace {
+
+constexpr int kSpinMicros = 200;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
 class ThreadPool {
  public:
@@ -58,6 +69,7 @@ class ThreadPool {
       active_workers_ = participants - 1;
       pending_ = participants - 1;
       ++generation_;
+      published_.store(generation_, std::memory_order_release);
     }
     wake_.notify_all();
     work_on_job(body, total, piece);
@@ -86,6 +98,13 @@ class ThreadPool {
     uint64_t seen = 0;
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
+      // Spin briefly before sleeping: back-to-back transfers (one per layer or chunk) then start
+      // on every thread at once instead of paying a futex wake-up each.
+      lock.unlock();
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+      while (published_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until)
+        cpu_relax();
+      lock.lock();
       wake_.wait(lock, [&] { return generation_ != seen; });
       seen = generation_;
       if (index >= active_workers_) continue;  // not needed for this job
@@ -104,6 +123,7 @@ class ThreadPool {
   std::condition_variable wake_, done_;
   size_t workers_ = 0;
   uint64_t generation_ = 0;
+  std::atomic<uint64_t> published_{0};  // generation_, readable without the mutex (spinning)
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t job_total_ = 0, job_piece_ = 1;
   int active_workers_ = 0, pending_ = 0;

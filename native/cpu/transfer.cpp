@@ -145,13 +145,14 @@ inline void copy_run(const TransferRequest& r, const Run& run, int layer, int pl
       gather ? std::memcpy(chunk, page, row) : std::memcpy(page, chunk, row);
     return;
   }
-  // Heads are not adjacent within a token (HND-like layouts): one head_dim row at a time.
+  // Heads are not adjacent within a token (HND-like layouts): one head_dim row at a time, head by
+  // head, so the paged side is walked in address order (its tokens are adjacent within a head).
   const size_t head_bytes = static_cast<size_t>(p.head_size) * es;
   const size_t hs = p.head_stride * es, ps = p.token_stride * es, cs = r.chunk.token_stride * es;
-  for (int64_t t = 0; t < run.length; ++t, page += ps, chunk += cs) {
+  for (int h = 0; h < p.num_heads; ++h, page += hs, chunk += head_bytes) {
     char* pg = page;
     char* ck = chunk;
-    for (int h = 0; h < p.num_heads; ++h, pg += hs, ck += head_bytes)
+    for (int64_t t = 0; t < run.length; ++t, pg += ps, ck += cs)
       gather ? std::memcpy(ck, pg, head_bytes) : std::memcpy(pg, ck, head_bytes);
   }
 }
