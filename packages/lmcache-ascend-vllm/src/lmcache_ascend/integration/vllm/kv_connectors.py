@@ -1,0 +1,190 @@
+"""LMCache "GPU connectors" for paged KV caches that live in host memory (vLLM's CPU platform) or on
+an Ascend NPU: they move KV between vLLM's paged cache and LMCache memory objects with
+lmcache_ascend's kernels.
+
+The layout is found from the tensors vLLM registered (LMCache's own format detection, mapped to
+lmcache_ascend's layout names), so the backend follows the tensors, never import order. LMCache's
+memory objects keep their standard K-then-V formats (KV_2LTD, KV_T2D per layer), whatever the
+engine layout: chunks stored by a CPU engine are readable by any other engine sharing the store.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any, Optional
+
+import torch
+
+from lmcache.lmcache_native import EngineKVFormat
+from lmcache.utils import EngineType
+from lmcache.v1.gpu_connector.gpu_connectors import GPUConnectorInterface, VLLMPagedMemLayerwiseGPUConnector
+from lmcache.v1.gpu_connector.utils import normalize_kv_and_discover_format
+from lmcache.v1.memory_management import MemoryFormat
+
+from lmcache_ascend.layouts import PagedKV, describe_chunk, describe_paged
+from lmcache_ascend.transfer import GATHER, SCATTER, slot_view, transfer_kv
+
+logger = logging.getLogger(__name__)
+
+# LMCache's detected EngineKVFormat -> lmcache_ascend layout of one layer's tensor(s).
+_LAYOUT_OF_FORMAT = {
+    EngineKVFormat.NL_X_TWO_NB_BS_NH_HS: "flash_attn",     # [2, NB, BS, NH, HS]
+    EngineKVFormat.NL_X_NB_TWO_BS_NH_HS: "flashinfer",     # [NB, 2, BS, NH, HS]
+    EngineKVFormat.NL_X_NB_BS_HS: "mla",                   # [NB, BS, D]
+    EngineKVFormat.NL_X_TWO_NB_NH_BS_HS: "hnd",            # [2, NB, NH, BS, HS]
+    EngineKVFormat.NL_X_NB_TWO_NH_BS_HS: "flashinfer_hnd",  # [NB, 2, NH, BS, HS]
+    EngineKVFormat.NL_X_NB_NH_BS_CS: "cpu",                # [NB, NH, BS, 2*HS] vLLM CPU platform
+    EngineKVFormat.NL_X_NB_BS_NH_CS: "cpu_nhd",            # [NB, BS, NH, 2*HS]
+    EngineKVFormat.NL_X_TWO_X_NB_BS_NH_HS: "separate_kv",  # (K, V) [NB, BS, NH, HS] (vLLM-Ascend)
+}
+
+
+class PagedLayout:
+    """The descriptor of vLLM's registered KV caches, found once and reused while they stay put."""
+
+    def __init__(self, layout_hints: Optional[dict]) -> None:
+        self.layout_hints = layout_hints
+        self._key: Optional[tuple] = None
+        self._paged: Optional[PagedKV] = None
+
+    def of(self, kvcaches: Any) -> PagedKV:
+        first = kvcaches[0][0] if isinstance(kvcaches[0], (tuple, list)) else kvcaches[0]
+        key = (len(kvcaches), first.data_ptr(), tuple(first.shape))
+        if key != self._key:
+            fmt, normalized = normalize_kv_and_discover_format(list(kvcaches), EngineType.VLLM,
+                                                               layout_hints=self.layout_hints)
+            layout = _LAYOUT_OF_FORMAT.get(fmt)
+            if layout is None:
+                raise ValueError(f"vLLM's KV cache layout {fmt.name} (first layer: shape {list(first.shape)}, "
+                                 f"dtype {first.dtype}, device {first.device}) is not supported by lmcache-ascend; "
+                                 f"supported: {sorted(f.name for f in _LAYOUT_OF_FORMAT)}")
+            self._paged = describe_paged(normalized, layout, "kvcaches")
+            self._key = key
+            logger.info("lmcache-ascend: KV cache layout %s (%s), %d layers, %d blocks of %d tokens, on %s",
+                        layout, fmt.name, self._paged.num_layers, self._paged.num_blocks, self._paged.block_size,
+                        self._paged.device)
+        assert self._paged is not None
+        return self._paged
+
+
+def _layer(paged: PagedKV, layer: int) -> PagedKV:
+    """The descriptor of one layer (for layerwise transfers)."""
+    planes = paged.num_planes
+    return replace(paged, plane_bases=paged.plane_bases[layer * planes:(layer + 1) * planes], num_layers=1)
+
+
+class PagedKVConnector(GPUConnectorInterface):
+    """Whole-chunk transfers: every layer of every chunk of a request in one native call."""
+
+    def __init__(self, hidden_dim_size: int, num_layers: int, use_gpu: bool = False, **kwargs: Any) -> None:
+        self.hidden_dim_size = hidden_dim_size
+        self.num_layers = num_layers
+        self.use_mla = kwargs.get("use_mla", False)
+        self.chunk_size = kwargs.get("chunk_size")
+        self.dtype = kwargs.get("dtype")
+        self.device = kwargs.get("device")
+        self.kvcaches = None
+        self.layout = PagedLayout(kwargs.get("layout_hints"))
+        self.memory_format = MemoryFormat.KV_MLA_FMT if self.use_mla else MemoryFormat.KV_2LTD
+
+    @classmethod
+    def from_metadata(cls, metadata: Any, use_gpu: bool = False, device: Any = None,
+                      layout_hints: Optional[dict] = None) -> "PagedKVConnector":
+        shape = metadata.kv_shape  # (layers, 2 or 1, chunk, heads, head_size)
+        return cls(shape[3] * shape[4], shape[0], use_gpu, chunk_size=metadata.chunk_size, dtype=metadata.kv_dtype,
+                   device=device, use_mla=metadata.use_mla, layout_hints=layout_hints)
+
+    def get_shape(self, num_tokens: int) -> torch.Size:
+        return torch.Size([1 if self.use_mla else 2, self.num_layers, num_tokens, self.hidden_dim_size])
+
+    def _transfer(self, memory_objs: list, starts: list, ends: list, direction: int, **kwargs: Any) -> None:
+        self.initialize_kvcaches_ptr(**kwargs)
+        if self.kvcaches is None or "slot_mapping" not in kwargs:
+            raise ValueError("lmcache-ascend: 'kvcaches' and 'slot_mapping' are required")
+        paged = self.layout.of(self.kvcaches)
+        fmt = "KV_MLA_FMT" if self.use_mla else "KV_2LTD"
+        chunks = [(describe_chunk(obj.tensor, fmt, "memory object", writable=direction == GATHER), start, end)
+                  for obj, start, end in zip(memory_objs, starts, ends)]
+        # Retrieve leaves alone what vLLM already computed (its prefix cache hit).
+        skip = kwargs.get("vllm_cached_tokens", 0) if direction == SCATTER else 0
+        transfer_kv(paged, chunks, kwargs["slot_mapping"], direction, skip)
+        if direction == GATHER:
+            for obj in memory_objs:
+                obj.metadata.fmt = self.memory_format
+
+    def to_gpu(self, memory_obj: Any, start: int, end: int, **kwargs: Any) -> None:
+        self._transfer([memory_obj], [start], [end], SCATTER, **kwargs)
+
+    def from_gpu(self, memory_obj: Any, start: int, end: int, **kwargs: Any) -> None:
+        self._transfer([memory_obj], [start], [end], GATHER, **kwargs)
+
+    def batched_to_gpu(self, memory_objs: Any = None, starts: Any = None, ends: Any = None, **kwargs: Any) -> None:
+        self._transfer(list(memory_objs), list(starts), list(ends), SCATTER, **kwargs)
+
+    def batched_from_gpu(self, memory_objs: Any, starts: list, ends: list, **kwargs: Any) -> None:
+        self._transfer(list(memory_objs), list(starts), list(ends), GATHER, **kwargs)
+
+
+class PagedKVLayerwiseConnector(VLLMPagedMemLayerwiseGPUConnector):
+    """Layer-by-layer transfers, driven by LMCache's store_layer / retrieve_layer generators.
+
+    Subclasses LMCache's layerwise connector only so LMCache's engine accepts it as one; none of its
+    CUDA-stream machinery is used. The generators keep the upstream yield protocol: retrieve yields
+    num_layers + 2 times, store num_layers + 1 times.
+    """
+
+    def __init__(self, hidden_dim_size: int, num_layers: int, use_gpu: bool = False, **kwargs: Any) -> None:
+        # Deliberately no super().__init__(): it creates CUDA streams.
+        self.hidden_dim_size = hidden_dim_size
+        self.num_layers = num_layers
+        self.use_gpu = False
+        self.use_mla = kwargs.get("use_mla", False)
+        self.chunk_size = kwargs.get("chunk_size")
+        self.dtype = kwargs.get("dtype")
+        self.device = kwargs.get("device")
+        self.kvcaches = None
+        self.gpu_buffer_allocator = None
+        self.layout = PagedLayout(kwargs.get("layout_hints"))
+        self.memory_format = MemoryFormat.KV_MLA_FMT if self.use_mla else MemoryFormat.KV_T2D
+
+    from_metadata = classmethod(PagedKVConnector.from_metadata.__func__)
+
+    def get_shape(self, num_tokens: int) -> torch.Size:
+        if self.use_mla:
+            return torch.Size([num_tokens, self.hidden_dim_size])
+        return torch.Size([num_tokens, 2, self.hidden_dim_size])
+
+    def _layer_chunks(self, memory_objs: list, starts: list, ends: list, writable: bool) -> list:
+        fmt = "KV_MLA_FMT" if self.use_mla else "KV_T2D"
+        return [(describe_chunk(_with_layer_axis(obj.tensor, self.use_mla), fmt, "memory object", writable=writable),
+                 start, end) for obj, start, end in zip(memory_objs, starts, ends)]
+
+    def _prepare(self, kwargs: dict) -> tuple[PagedKV, Any]:
+        self.initialize_kvcaches_ptr(**kwargs)
+        if self.kvcaches is None or "slot_mapping" not in kwargs:
+            raise ValueError("lmcache-ascend: 'kvcaches' and 'slot_mapping' are required")
+        return self.layout.of(self.kvcaches), slot_view(kwargs["slot_mapping"])
+
+    def batched_to_gpu(self, starts: list, ends: list, **kwargs: Any):
+        paged, slots = self._prepare(kwargs)
+        skip = kwargs.get("vllm_cached_tokens", 0)
+        for layer in range(self.num_layers):
+            memory_objs_layer = yield
+            transfer_kv(_layer(paged, layer), self._layer_chunks(memory_objs_layer, starts, ends, False), slots,
+                        SCATTER, skip)
+        yield  # the upstream protocol: one more step after the last layer ...
+        yield  # ... and a final one once everything has landed (synchronous here)
+
+    def batched_from_gpu(self, memory_objs: list, starts: list, ends: list, **kwargs: Any):
+        paged, slots = self._prepare(kwargs)
+        for layer in range(self.num_layers):
+            transfer_kv(_layer(paged, layer), self._layer_chunks(memory_objs[layer], starts, ends, True), slots, GATHER)
+            for obj in memory_objs[layer]:
+                obj.metadata.fmt = self.memory_format
+            yield
+        yield
+
+
+def _with_layer_axis(tensor: torch.Tensor, use_mla: bool) -> torch.Tensor:
+    """A per-layer memory object ([T, 2, D], or [T, D] for MLA) as a one-layer chunk view."""
+    return tensor.unsqueeze(0).unsqueeze(0) if use_mla else tensor

@@ -1,0 +1,81 @@
+"""LMCacheAscendConnectorV1Dynamic: LMCache under vLLM on Ascend NPUs and on vLLM's CPU platform.
+
+    --kv-transfer-config '{"kv_connector": "LMCacheAscendConnectorV1Dynamic", "kv_role": "kv_both",
+      "kv_connector_module_path": "lmcache_ascend.integration.vllm.lmcache_ascend_connector_v1"}'
+
+It is LMCache's own vLLM connector plus what vLLM-on-Ascend and vLLM-on-CPU need: the KV transfer
+runs on lmcache_ascend's kernels (picked from the KV-cache tensors vLLM registers), LMCache's local
+CPU pool comes from lmcache_ascend's native arena, and settings are checked before LMCache starts.
+Importing this module changes nothing; constructing the connector applies the patches
+(lmcache_ascend.integration.vllm.patches), so import order does not matter.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from lmcache.integration.vllm.lmcache_connector_v1 import LMCacheConnectorV1Dynamic
+
+from lmcache_ascend.integration.vllm.config import check_local_cpu_size, validate_extra_config
+from lmcache_ascend.integration.vllm.patches import apply_patches
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LMCacheAscendConnectorV1Dynamic"]
+
+
+class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
+    """A vLLM KVConnectorBase_V1. Accepts vLLM 0.10's (vllm_config, role) and current vLLM's
+    (vllm_config, role, kv_cache_config) constructor calls."""
+
+    def __init__(self, vllm_config: Any, role: Any, kv_cache_config: Optional[Any] = None) -> None:
+        ktc = vllm_config.kv_transfer_config
+        extra = getattr(ktc, "kv_connector_extra_config", None) or {}
+        validate_extra_config(extra)
+        _check_pool_size(extra)
+        _process_independent_hashing(ktc)
+        apply_patches()
+        super().__init__(vllm_config, role, kv_cache_config)
+
+    def bind_connector_metadata(self, connector_metadata: Any) -> None:
+        # vLLM >= 0.32 may run start_load_kv after the forward pass; reset the per-step layerwise
+        # state here as vLLM's own LMCache wrapper does, or a layer wait would step last step's
+        # finished retrievers. Remove once LMCache's engine resets it in bind_connector_metadata.
+        super().bind_connector_metadata(connector_metadata)
+        engine = self._lmcache_engine
+        if hasattr(engine, "bind_connector_metadata"):
+            engine.bind_connector_metadata(connector_metadata)
+        else:
+            if hasattr(engine, "current_layer"):
+                engine.current_layer = 0
+            if hasattr(engine, "layerwise_retrievers"):
+                engine.layerwise_retrievers = []
+
+
+def _process_independent_hashing(ktc: Any) -> None:
+    """Chunk keys must hash the same in every process (vLLM's scheduler and worker, other engines
+    sharing Redis). LMCache's default, Python's builtin hash, only does so with PYTHONHASHSEED set;
+    without it a warm request finds nothing. Use vLLM's sha256_cbor then, unless the user chose."""
+    import os
+
+    from lmcache.integration.vllm.utils import lmcache_get_or_create_config
+
+    extra = ktc.kv_connector_extra_config
+    key = "lmcache.pre_caching_hash_algorithm"
+    if key in (extra or {}) or os.environ.get("PYTHONHASHSEED") is not None:
+        return
+    if lmcache_get_or_create_config().pre_caching_hash_algorithm != "builtin":
+        return
+    if extra is None:
+        ktc.kv_connector_extra_config = extra = {}
+    extra[key] = "sha256_cbor"
+    logger.info("lmcache-ascend: PYTHONHASHSEED is not set, so chunk keys use sha256_cbor (set %s to choose)", key)
+
+
+def _check_pool_size(extra: dict) -> None:
+    from lmcache.integration.vllm.utils import lmcache_get_or_create_config
+
+    if "lmcache.max_local_cpu_size" in extra:
+        check_local_cpu_size(extra["lmcache.max_local_cpu_size"], "kv_connector_extra_config lmcache.max_local_cpu_size")
+    else:
+        check_local_cpu_size(lmcache_get_or_create_config().max_local_cpu_size, "LMCache max_local_cpu_size")

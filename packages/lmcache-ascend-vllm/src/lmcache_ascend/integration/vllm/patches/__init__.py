@@ -1,0 +1,19 @@
+"""Every monkey patch this integration applies, one per module, applied by one explicit call.
+
+Each module's docstring says why it exists, how it works, which upstream versions it targets and
+when to remove it. Patches are idempotent: vLLM's engine processes import and apply them again.
+"""
+from __future__ import annotations
+
+from lmcache_ascend.integration.vllm.patches import (
+    patch_gpu_connector_factory,
+    patch_local_cpu_allocator,
+    patch_remote_backend_warnings,
+)
+
+PATCHES = (patch_gpu_connector_factory, patch_local_cpu_allocator, patch_remote_backend_warnings)
+
+
+def apply_patches() -> None:
+    for patch in PATCHES:
+        patch.apply()

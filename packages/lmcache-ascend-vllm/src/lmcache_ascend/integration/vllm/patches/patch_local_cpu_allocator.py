@@ -1,0 +1,47 @@
+"""Serve LMCache's local CPU pool from lmcache-ascend's native arena (PinnedArenaAllocator).
+
+Why: LMCache's LocalCPUBackend builds its L1 pool as a MixedMemoryAllocator: memory from
+  alloc_pinned_ptr carved by a Python first-fit allocator (~5x slower per operation, see
+  docs/benchmarks.md), and on Ascend the pool must be pinned and registered with the NPU, which
+  the arena does. There is no setting to choose the allocator class.
+How: while `LocalCPUBackend.initialize_allocator` runs, the name `MixedMemoryAllocator` in its
+  module resolves to a factory that builds a PinnedArenaAllocator (a MixedMemoryAllocator
+  subclass, so LMCache's isinstance checks hold) for the plain pool, and LMCache's own class for
+  the paged variants (NIXL, io_uring) it builds with use_paging=True.
+Versions: LMCache 0.5.x (checked against 0.5.6).
+Remove when: LMCache lets a config key or device plugin choose the local CPU allocator.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+_MARK = "_lmcache_ascend_patched"
+
+
+def apply() -> None:
+    import lmcache.v1.storage_backend.local_cpu_backend as module
+
+    backend = module.LocalCPUBackend
+    original = backend.initialize_allocator
+    if getattr(original, _MARK, False):
+        return
+    upstream = module.MixedMemoryAllocator
+
+    def arena_unless_paged(size: int, use_paging: bool = False, **kwargs: Any) -> Any:
+        if use_paging:
+            return upstream(size, use_paging=True, **kwargs)
+        from lmcache_ascend.memory import PinnedArenaAllocator
+
+        return PinnedArenaAllocator(size, **kwargs)
+
+    @functools.wraps(original)
+    def initialize_allocator(self: Any, config: Any, metadata: Any = None) -> Any:
+        module.MixedMemoryAllocator = arena_unless_paged
+        try:
+            return original(self, config, metadata)
+        finally:
+            module.MixedMemoryAllocator = upstream
+
+    setattr(initialize_allocator, _MARK, True)
+    backend.initialize_allocator = initialize_allocator
