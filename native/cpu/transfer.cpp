@@ -47,9 +47,6 @@ Status check_layout(const TransferRequest& r) {
                          "paged KV cache layout reaches element " + std::to_string(page_last) +
                              " but each plane only holds " + std::to_string(r.page_extent_elems) +
                              " elements: the shape or strides do not match the buffer");
-  const ChunkStrides& c = r.chunk;
-  if (c.plane_stride < 0 || c.layer_stride < 0 || c.token_stride < 0)
-    return invalid("LMCache chunk strides must be non-negative");
   if (r.slots.index_bytes != 4 && r.slots.index_bytes != 8)
     return invalid("slot_mapping must be int32 or int64, got " + std::to_string(r.slots.index_bytes) +
                    "-byte integers");
@@ -73,9 +70,12 @@ Status check_chunks(const TransferRequest& r) {
                                std::to_string(r.slots.length) + " tokens");
     if (ch.token_end == ch.token_begin) continue;
     if (ch.base == 0) return invalid(which + " has a null base address");
+    const ChunkStrides& c = ch.strides;
+    if (c.plane_stride < 0 || c.layer_stride < 0 || c.token_stride < 0)
+      return invalid(which + ": LMCache chunk strides must be non-negative");
     int64_t ntok = ch.token_end - ch.token_begin;
-    int64_t last = (p.num_planes - 1) * r.chunk.plane_stride + (p.num_layers - 1) * r.chunk.layer_stride +
-                   (ntok - 1) * r.chunk.token_stride + p.hidden();
+    int64_t last = (p.num_planes - 1) * c.plane_stride + (p.num_layers - 1) * c.layer_stride +
+                   (ntok - 1) * c.token_stride + p.hidden();
     if (last * p.elem_size > r.chunk_extent_bytes[i])
       return Status::Error(StatusCode::kOutOfRange,
                            which + " needs " + std::to_string(last * p.elem_size) + " bytes for " +
@@ -127,20 +127,20 @@ inline void copy_run(const TransferRequest& r, const Run& run, int layer, int pl
   char* page = reinterpret_cast<char*>(p.plane_bases[layer * p.num_planes + plane]);
   int64_t block_id = run.slot / p.block_size, in_block = run.slot % p.block_size;
   page += (block_id * p.block_stride + in_block * p.token_stride) * es;
+  const ChunkStrides& cs_el = r.chunks[run.chunk].strides;
   char* chunk = reinterpret_cast<char*>(r.chunks[run.chunk].base) +
-                (plane * r.chunk.plane_stride + layer * r.chunk.layer_stride +
-                 run.chunk_token * r.chunk.token_stride) * es;
+                (plane * cs_el.plane_stride + layer * cs_el.layer_stride + run.chunk_token * cs_el.token_stride) * es;
   const bool gather = r.direction == Direction::kPagedToChunk;
   const int64_t hidden = p.hidden();
 
   if (p.token_row_contiguous()) {
     const size_t row = static_cast<size_t>(hidden) * es;
-    if (p.token_stride == hidden && r.chunk.token_stride == hidden) {  // the whole run is one block of bytes
+    if (p.token_stride == hidden && cs_el.token_stride == hidden) {  // the whole run is one block of bytes
       size_t bytes = row * static_cast<size_t>(run.length);
       gather ? std::memcpy(chunk, page, bytes) : std::memcpy(page, chunk, bytes);
       return;
     }
-    const size_t ps = p.token_stride * es, cs = r.chunk.token_stride * es;
+    const size_t ps = p.token_stride * es, cs = cs_el.token_stride * es;
     for (int64_t t = 0; t < run.length; ++t, page += ps, chunk += cs)
       gather ? std::memcpy(chunk, page, row) : std::memcpy(page, chunk, row);
     return;
@@ -148,7 +148,7 @@ inline void copy_run(const TransferRequest& r, const Run& run, int layer, int pl
   // Heads are not adjacent within a token (HND-like layouts): one head_dim row at a time, head by
   // head, so the paged side is walked in address order (its tokens are adjacent within a head).
   const size_t head_bytes = static_cast<size_t>(p.head_size) * es;
-  const size_t hs = p.head_stride * es, ps = p.token_stride * es, cs = r.chunk.token_stride * es;
+  const size_t hs = p.head_stride * es, ps = p.token_stride * es, cs = cs_el.token_stride * es;
   for (int h = 0; h < p.num_heads; ++h, page += hs, chunk += head_bytes) {
     char* pg = page;
     char* ck = chunk;

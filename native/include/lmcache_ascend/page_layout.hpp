@@ -51,11 +51,13 @@ struct ChunkStrides {
 };
 
 // One LMCache memory object taking part in a transfer: it holds the tokens
-// [token_begin, token_end) of the slot mapping (token_begin is its token 0).
+// [token_begin, token_end) of the slot mapping (token_begin is its token 0). Each carries its own
+// strides: the last chunk of a request is usually shorter than the others.
 struct ChunkRef {
   uintptr_t base = 0;
   int64_t token_begin = 0;
   int64_t token_end = 0;
+  ChunkStrides strides;
 };
 
 // The slot mapping as handed over by the engine: int32 or int64, one entry per token.

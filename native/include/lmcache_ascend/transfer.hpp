@@ -19,7 +19,6 @@ struct TransferRequest {
   PageLayout page;
   // Elements addressable from every plane base (bounds check of the paged side).
   int64_t page_extent_elems = 0;
-  ChunkStrides chunk;
   const ChunkRef* chunks = nullptr;
   int64_t num_chunks = 0;
   // Bytes addressable from every chunk base (bounds check of the chunk side).

@@ -87,17 +87,25 @@ def test_single_layer_formats(layout, fmt):
     assert same(as_2ltd, ref_gather(layout, [layer], slots, torch.zeros(2, 1, nt, nh * hs, dtype=torch.bfloat16)))
 
 
-def test_batched_chunks_equal_one_big_chunk():
+def test_batched_chunks_of_different_lengths_equal_one_big_chunk():
+    # LMCache's last chunk of a request is shorter than the others: each chunk has its own strides.
     gen = torch.Generator().manual_seed(11)
-    nl, nb, bs, nh, hs, nt, chunk_t = 4, 20, 16, 2, 64, 256, 64
+    nl, nb, bs, nh, hs = 4, 20, 16, 2, 64
+    sizes = [64, 64, 100, 28]
+    nt = sum(sizes)
     layers = [make_layer("flash_attn", nb, bs, nh, hs, torch.float16, gen) for _ in range(nl)]
     slots = random_slots(nt, nb * bs, gen, torch.int64)
     paged = describe_paged(layers, "flash_attn")
-    chunks = [torch.zeros(2, nl, chunk_t, nh * hs, dtype=torch.float16) for _ in range(nt // chunk_t)]
-    transfer_kv(paged, [(describe_chunk(c, "KV_2LTD"), i * chunk_t, (i + 1) * chunk_t)
-                        for i, c in enumerate(chunks)], slots, GATHER)
+    chunks = [torch.zeros(2, nl, n, nh * hs, dtype=torch.float16) for n in sizes]
+    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    refs = [(describe_chunk(c, "KV_2LTD"), bounds[i], bounds[i + 1]) for i, c in enumerate(chunks)]
+    transfer_kv(paged, refs, slots, GATHER)
     expected = ref_gather("flash_attn", layers, slots, torch.zeros(2, nl, nt, nh * hs, dtype=torch.float16))
     assert same(torch.cat(chunks, dim=2), expected)
+    fresh = [make_layer("flash_attn", nb, bs, nh, hs, torch.float16, gen) for _ in range(nl)]
+    want = ref_scatter("flash_attn", expected, slots, fresh)
+    transfer_kv(describe_paged(fresh, "flash_attn"), refs, slots, SCATTER)
+    assert all(same(a, b) for a, b in zip(fresh, want))
 
 
 def test_last_partial_chunk_uses_leading_tokens():

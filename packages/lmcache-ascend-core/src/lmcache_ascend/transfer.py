@@ -77,19 +77,14 @@ def transfer_kv(
         if end - begin > chunk.num_tokens:
             raise ValueError(f"{arg}: has room for {chunk.num_tokens} tokens but {end - begin} "
                              f"(slot_mapping[{begin}:{end}]) were asked for")
-        native_chunks.append((chunk.view.address, begin, end, chunk.view.end_address - chunk.view.address))
+        native_chunks.append((chunk.view.address, begin, end, chunk.view.end_address - chunk.view.address,
+                              chunk.plane_stride, chunk.layer_stride, chunk.token_stride))
     if not native_chunks:
         return
-    strides = {(c.plane_stride, c.layer_stride, c.token_stride) for c, _, _ in chunks}
-    if len(strides) != 1:
-        raise ValueError("memory objects of one batched transfer must share one shape and format, "
-                         f"got strides {sorted(strides)}")
-    plane_stride, layer_stride, token_stride = strides.pop()
     _native.transfer_kv(
         paged.plane_bases, paged.itemsize, paged.num_layers, paged.num_planes,
         paged.num_blocks, paged.block_size, paged.num_heads, paged.head_size,
         paged.block_stride, paged.head_stride, paged.token_stride, paged.extent_elems,
-        plane_stride, layer_stride, token_stride,
         native_chunks, slots.address, slots.shape[0], slots.itemsize,
         skip_prefix_n_tokens, direction,
     )

@@ -42,6 +42,7 @@ cdef extern from "lmcache_ascend/page_layout.hpp" namespace "lmcache_ascend" nog
         uintptr_t base
         int64_t token_begin
         int64_t token_end
+        ChunkStrides strides
 
     cdef cppclass SlotMapping:
         const void* data
@@ -63,7 +64,6 @@ cdef extern from "lmcache_ascend/transfer.hpp" namespace "lmcache_ascend" nogil:
     cdef cppclass TransferRequest:
         PageLayout page
         int64_t page_extent_elems
-        ChunkStrides chunk
         const ChunkRef* chunks
         int64_t num_chunks
         const int64_t* chunk_extent_bytes

@@ -39,14 +39,13 @@ def transfer_kv(
     plane_bases, int elem_size, int num_layers, int num_planes,
     int64_t num_blocks, int block_size, int num_heads, int head_size,
     int64_t block_stride, int64_t head_stride, int64_t token_stride, int64_t page_extent_elems,
-    int64_t chunk_plane_stride, int64_t chunk_layer_stride, int64_t chunk_token_stride,
     chunks, uintptr_t slot_address, int64_t num_tokens, int index_bytes,
     int64_t skip_prefix_n_tokens, int direction,
 ):
     """Move KV between a paged cache and LMCache chunks; see transfer.hpp for the meaning.
 
     plane_bases: addresses, layer-major then plane. chunks: (address, token_begin, token_end,
-    extent_bytes) per LMCache memory object. Releases the GIL while bytes move.
+    extent_bytes, plane_stride, layer_stride, token_stride) per LMCache memory object. Releases the GIL while bytes move.
     """
     if direction != GATHER and direction != SCATTER:
         raise ValueError(f"direction must be {GATHER} (gather) or {SCATTER} (scatter), got {direction}")
@@ -60,10 +59,13 @@ def transfer_kv(
     cdef vector[ChunkRef] refs
     cdef vector[int64_t] extents
     cdef ChunkRef ref
-    for base, begin, end, extent in chunks:
+    for base, begin, end, extent, plane_stride, layer_stride, chunk_token_stride in chunks:
         ref.base = <uintptr_t>base
         ref.token_begin = begin
         ref.token_end = end
+        ref.strides.plane_stride = plane_stride
+        ref.strides.layer_stride = layer_stride
+        ref.strides.token_stride = chunk_token_stride
         refs.push_back(ref)
         extents.push_back(extent)
 
@@ -80,9 +82,6 @@ def transfer_kv(
     req.page.head_stride = head_stride
     req.page.token_stride = token_stride
     req.page_extent_elems = page_extent_elems
-    req.chunk.plane_stride = chunk_plane_stride
-    req.chunk.layer_stride = chunk_layer_stride
-    req.chunk.token_stride = chunk_token_stride
     req.chunks = refs.data()
     req.num_chunks = <int64_t>refs.size()
     req.chunk_extent_bytes = extents.data()

@@ -34,6 +34,7 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
         validate_extra_config(extra)
         _check_pool_size(extra)
         _process_independent_hashing(ktc)
+        _keep_local_tiers_when_remote_fails(ktc)
         apply_patches()
         super().__init__(vllm_config, role, kv_cache_config)
 
@@ -70,6 +71,28 @@ def _process_independent_hashing(ktc: Any) -> None:
         ktc.kv_connector_extra_config = extra = {}
     extra[key] = "sha256_cbor"
     logger.info("lmcache-ascend: PYTHONHASHSEED is not set, so chunk keys use sha256_cbor (set %s to choose)", key)
+
+
+def _keep_local_tiers_when_remote_fails(ktc: Any) -> None:
+    """With a remote store, LMCache's default health policy ("recompute") turns off every tier,
+    local CPU included, for minutes after one failed check. Keep the local tiers serving instead
+    (fallback_policy: local_cpu), unless the user chose a policy."""
+    import json
+
+    from lmcache.integration.vllm.utils import lmcache_get_or_create_config
+
+    config = lmcache_get_or_create_config()
+    extra = ktc.kv_connector_extra_config or {}
+    if not (extra.get("lmcache.remote_url") or config.remote_url):
+        return
+    lmc_extra = extra.get("lmcache.extra_config", config.extra_config) or {}
+    if isinstance(lmc_extra, str):
+        lmc_extra = json.loads(lmc_extra)
+    if "fallback_policy" in lmc_extra:
+        return
+    if ktc.kv_connector_extra_config is None:
+        ktc.kv_connector_extra_config = extra
+    extra["lmcache.extra_config"] = {**lmc_extra, "fallback_policy": "local_cpu"}
 
 
 def _check_pool_size(extra: dict) -> None:

@@ -1,11 +1,12 @@
 """One warning, not one per request, while LMCache's remote store (e.g. Redis) is unreachable.
 
-Why: LMCache's RemoteBackend logs a warning or error on every lookup and every put that fails, so a
-  stopped Redis floods the serving log (one line per request and per chunk) while vLLM carries on
-  by recomputing.
-How: a logging filter on LMCache's remote-backend loggers lets the first failure message through,
-  counts the rest, and reports the count with the next message that is not a failure (e.g. after
-  the connection recovers). Nothing else about LMCache's behaviour changes.
+Why: LMCache's remote backend logs a warning on every lookup and every put that fails, so a stopped
+  Redis floods the serving log (lines per request and per chunk) while vLLM carries on by
+  recomputing.
+How: one logging filter, shared by LMCache's remote-store loggers, lets the first warning through
+  (saying that repeats are counted) and suppresses the rest; every REPORT_EVERY_S seconds of a
+  continuing outage one more gets through with the count. INFO and DEBUG records are untouched,
+  and nothing about LMCache's behaviour changes.
 Versions: LMCache 0.5.x (checked against 0.5.6).
 Remove when: LMCache rate-limits these messages itself.
 """
@@ -13,40 +14,48 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
-LOGGERS = ("lmcache.v1.storage_backend.remote_backend", "lmcache.v1.storage_backend.connector.redis_connector")
-FAILURE_HINTS = ("failed", "Failed", "Connection is None", "Error", "error", "refused", "unreachable")
+LOGGERS = (
+    "lmcache.v1.storage_backend.remote_backend",
+    "lmcache.v1.storage_backend.connector.redis_connector",
+    "lmcache.v1.storage_backend.connector.redis_adapter",
+    "lmcache.v1.storage_backend.connector.instrumented_connector",
+)
+REPORT_EVERY_S = 300.0
 
 
 class OncePerOutage(logging.Filter):
-    """Passes the first failure record of an outage; suppresses and counts the rest."""
+    """Passes the first warning, then one every REPORT_EVERY_S seconds with the suppressed count."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=time.monotonic) -> None:
         super().__init__("lmcache_ascend.remote_outage")
+        self._clock = clock
         self._lock = threading.Lock()
+        self._last_passed = None
         self.suppressed = 0
-        self._in_outage = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        failure = record.levelno >= logging.WARNING and any(h in record.getMessage() for h in FAILURE_HINTS)
-        with self._lock:
-            if failure:
-                if self._in_outage:
-                    self.suppressed += 1
-                    return False
-                self._in_outage = True
-                record.msg = f"{record.msg} (lmcache-ascend: further remote-store failures are counted, not logged)"
-                return True
-            if self._in_outage:
-                self._in_outage = False
-                if self.suppressed:
-                    record.msg = f"{record.msg} (after {self.suppressed} suppressed remote-store failure messages)"
-                    self.suppressed = 0
+        if record.levelno < logging.WARNING:
             return True
+        with self._lock:
+            now = self._clock()
+            if self._last_passed is not None and now - self._last_passed < REPORT_EVERY_S:
+                self.suppressed += 1
+                return False
+            note = (f"{self.suppressed} similar remote-store messages suppressed since the last one; "
+                    if self.suppressed else "")
+            record.msg = f"{record.msg} (lmcache-ascend: {note}further ones are counted, not logged, " \
+                         f"for {REPORT_EVERY_S:.0f} s; serving continues, recomputing what the store misses)"
+            self._last_passed, self.suppressed = now, 0
+            return True
+
+
+_shared = OncePerOutage()
 
 
 def apply() -> None:
     for name in LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, OncePerOutage) for f in logger.filters):
-            logger.addFilter(OncePerOutage())
+            logger.addFilter(_shared)

@@ -1,0 +1,61 @@
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SCENARIO = Path(__file__).with_name("scenario.py")
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory):
+    from lmcache_ascend.integration.vllm import demo_model as dm
+
+    return str(dm.build(tmp_path_factory.mktemp("model")))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_url():
+    """A real redis-server on loopback, started for the test and stopped after it."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}", proc
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+class EngineRun:
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.returncode, self.output = proc.returncode, proc.stdout + proc.stderr
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        self.answers = json.loads(lines[-1][len("RESULT "):]) if lines else None
+
+
+def run_engine(model: str, lmcache, prompts, timeout: int = 300, env=None) -> EngineRun:
+    """One vLLM engine process (scenario.py) serving `prompts` ([[tokens, seed], ...]) in order."""
+    spec = json.dumps({"model": model, "lmcache": lmcache, "prompts": prompts})
+    full_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, str(SCENARIO), spec], capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+    return EngineRun(proc)

@@ -1,0 +1,25 @@
+"""One vLLM engine process for the end-to-end tests: reads a JSON scenario from argv[1], sends its
+prompts in order, prints one line `RESULT {json}` with what each request got, and exits.
+
+Scenario keys: model, lmcache (LMCache settings, or null for no connector), prompts (list of
+[num_tokens, seed]), max_tokens.
+"""
+import json
+import sys
+
+
+def main() -> int:
+    spec = json.loads(sys.argv[1])
+    from lmcache_ascend.integration.vllm import demo_model, serving
+
+    llm = serving.start_llm(spec["model"], spec["lmcache"])
+    answers = []
+    for tokens, seed in spec["prompts"]:
+        a = serving.ask(llm, demo_model.prompt(tokens, seed=seed), max_tokens=spec.get("max_tokens", 16))
+        answers.append({"ttft_s": a.ttft_s, "token_ids": a.token_ids, "cached_tokens": a.cached_tokens})
+    print("RESULT " + json.dumps(answers), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

