@@ -37,6 +37,7 @@ def test_local_cpu_warm_request_is_served_from_the_cache(demo_model, layerwise):
     assert other["cached_tokens"] == 0  # an unrelated prompt finds nothing
     assert again["cached_tokens"] == warm["cached_tokens"] and again["token_ids"] == cold["token_ids"]
     assert "lmcache-ascend: KV cache layout cpu (NL_X_NB_NH_BS_CS)" in run.output
+    assert "LMCache local CPU pool of 0.50 GiB in a native arena" in run.output
 
 
 def test_outputs_match_an_engine_without_the_connector(demo_model):
@@ -76,7 +77,7 @@ def test_unreachable_redis_keeps_serving_with_one_warning(demo_model):
     assert a[0]["token_ids"] == a[1]["token_ids"] == a[4]["token_ids"] and a[2]["token_ids"] == a[3]["token_ids"]
     assert a[1]["cached_tokens"] == 512 and a[3]["cached_tokens"] == 512  # the local tier keeps serving
     remote_warnings = [line for line in run.output.splitlines()
-                       if "WARNING" in line and re.search(r"remote|connect|put error|Returning False", line, re.I)
+                       if "LMCache WARNING" in line and re.search(r"remote|connect|put error|Returning False", line, re.I)
                        and "remote_url is deprecated" not in line]
     assert len(remote_warnings) == 1, remote_warnings
 

@@ -62,6 +62,9 @@ class PinnedArenaAllocator(compat.MixedMemoryAllocator):
             logger.info("lmcache-ascend: use_paging ignored; the arena allocates every size without pages")
         self.pool = HostPool(size_bytes, alignment=alignment, huge_pages=huge_pages, numa_node=numa_node,
                              **pool_options)
+        logger.info("lmcache-ascend: LMCache local CPU pool of %.2f GiB in a native arena (huge pages %s, NUMA node "
+                    "%s, locked %s, registered with a device %s)", size_bytes / 2**30, huge_pages, numa_node,
+                    self.pool.locked, self.pool.registered)
         self.size = size_bytes
         self.align_bytes = alignment
         self.use_hugepages = huge_pages

@@ -58,6 +58,6 @@ def check_local_cpu_size(gib: float, source: str) -> None:
         raise ValueError(f"{source}={gib} must be >= 0 GiB")
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
     if gib >= total:
-        raise ValueError(f"{source}={gib} GiB cannot be provided: this host has {total:.1f} GiB of RAM in all. "
+        raise ValueError(f"{source}={gib:g} GiB cannot be provided: this host has {total:.1f} GiB of RAM in all. "
                          f"Lower it (LMCache's max_local_cpu_size; e.g. {max(total / 4, 0.5):.1f}) and leave room "
                          "for the model and vLLM's own KV cache")

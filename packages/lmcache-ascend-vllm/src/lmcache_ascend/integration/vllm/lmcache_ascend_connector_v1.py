@@ -29,6 +29,7 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
     (vllm_config, role, kv_cache_config) constructor calls."""
 
     def __init__(self, vllm_config: Any, role: Any, kv_cache_config: Optional[Any] = None) -> None:
+        _show_our_logs()
         ktc = vllm_config.kv_transfer_config
         extra = getattr(ktc, "kv_connector_extra_config", None) or {}
         validate_extra_config(extra)
@@ -51,6 +52,17 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
                 engine.current_layer = 0
             if hasattr(engine, "layerwise_retrievers"):
                 engine.layerwise_retrievers = []
+
+
+def _show_our_logs() -> None:
+    """lmcache_ascend's INFO lines (layout found, pool created) in the serving log, as LMCache's are."""
+    root = logging.getLogger("lmcache_ascend")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[lmcache-ascend] %(levelname)s %(asctime)s %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
 
 
 def _process_independent_hashing(ktc: Any) -> None:
