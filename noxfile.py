@@ -189,3 +189,15 @@ def demo(session: nox.Session) -> None:
     install_vllm_stack(session)
     session.chdir(session.create_tmp())
     session.run("python", "-m", "lmcache_ascend.integration.vllm.demo", *session.posargs)
+
+
+@nox.session(python=ROW["lmcache056"]["python"], requires=["build"])
+def bench_serving(session: nox.Session) -> None:
+    """Time to first token cold vs warm through a real vLLM engine; results in docs/benchmarks.md."""
+    if shutil.which("redis-server") is None:
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", "redis-server", external=True)
+    install_vllm_stack(session)
+    session.install("matplotlib", *_pip_args())
+    session.run("python", str(ROOT / "benchmarks" / "bench_ttft.py"), "--out", str(ROOT / "docs" / "benchmarks.md"),
+                *session.posargs)
