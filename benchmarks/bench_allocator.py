@@ -91,7 +91,7 @@ def main() -> int:
     rows = [
         ("trace: allocate or free, us/op (incl. memory object)", med["ours"]["trace"], med["LMCache"]["trace"]),
         (f"batched_allocate({BATCH}) + batched_free, us/call", med["ours"]["batched"], med["LMCache"]["batched"]),
-        (f"batched, us per object", med["ours"]["batched"] / BATCH, med["LMCache"]["batched"] / BATCH),
+        ("batched, us per object", med["ours"]["batched"] / BATCH, med["LMCache"]["batched"] / BATCH),
     ]
     table = ["| operation | ours | LMCache TensorMemoryAllocator | speed-up |", "|---|---:|---:|---:|"]
     table += [f"| {name} | {a:.2f} | {b:.2f} | {b / a:.1f}x |" for name, a, b in rows]

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -32,6 +29,8 @@ os.environ.setdefault("LMCACHE_LOG_LEVEL", "WARNING")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+
+import common  # noqa: E402
 
 import lmcache_ascend  # noqa: E402
 from lmcache_ascend.ops import multi_layer_kv_transfer as ours_transfer  # noqa: E402
@@ -292,21 +291,9 @@ def run_layout(layout: Layout, bs: int, c: Config, pool_threads: int, torch_thre
 # ---------------------------------------------------------------------------------------------
 
 def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = m.group(1).strip() if m else platform.processor() or cpu
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "CPU": cpu,
-        "Cores (logical / usable by this process)": f"{os.cpu_count()} / {usable}",
-        "Python": platform.python_version(),
-        "torch": f"{torch.__version__} (intra-op threads: {torch.get_num_threads()})",
-        "lmcache": importlib.metadata.version("lmcache"),
-        "lmcache_ascend": lmcache_ascend.__version__,
-    }
+    info = common.machine_info()
+    info["torch"] = f"{torch.__version__} (intra-op threads: {torch.get_num_threads()})"
+    return info
 
 
 class BackgroundLoad:
@@ -451,21 +438,6 @@ def markdown(cases: list[Case], c: Config, quick: bool, pool_threads: int, torch
     return "\n".join(out) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace only this benchmark's marked section; other benchmarks own the rest of the file."""
-    if path.exists():
-        text = path.read_text()
-        start, end = text.find(BEGIN), text.find(END)
-        if start != -1 and end > start:
-            text = text[:start] + section.rstrip("\n") + text[end + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-    else:
-        text = "# Benchmarks\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def plot(cases: list[Case], path: Path, pool_threads: int, torch_threads: int) -> None:
     import matplotlib
     matplotlib.use("Agg")  # no display on CI / servers
@@ -526,7 +498,7 @@ def main() -> int:
     print()
     print(section)
     if args.out:
-        write_section(args.out, section)
+        common.write_section(args.out, section, "transfer")
         print(f"wrote {args.out} and {args.out.parent / png_name}")
     return 0
 
