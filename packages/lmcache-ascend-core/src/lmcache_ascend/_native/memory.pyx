@@ -27,6 +27,24 @@ cdef HostMemoryOptions _options(bint huge_pages, object numa_node, bint lock, bi
     return opt
 
 
+cdef void _byte_view(Py_buffer* view, object owner, void* data, size_t size, Py_ssize_t* shape,
+                     Py_ssize_t* strides):
+    """Fill `view` as a writable 1-D byte buffer of `owner`'s memory."""
+    shape[0] = <Py_ssize_t>size
+    strides[0] = 1
+    view.buf = data
+    view.obj = owner
+    view.len = shape[0]
+    view.readonly = 0
+    view.itemsize = 1
+    view.format = "B"
+    view.ndim = 1
+    view.shape = shape
+    view.strides = strides
+    view.suboffsets = NULL
+    view.internal = NULL
+
+
 cdef class Arena:
     """A thread-safe allocator over one mmap'd host region (see host_arena.hpp)."""
     cdef HostArena* _arena
@@ -131,19 +149,7 @@ cdef class Arena:
 
     def __getbuffer__(self, Py_buffer* view, int flags):
         self._check_open()
-        self._shape[0] = <Py_ssize_t>self._arena.capacity()
-        self._strides[0] = 1
-        view.buf = <void*>self._arena.base()
-        view.obj = self
-        view.len = self._shape[0]
-        view.readonly = 0
-        view.itemsize = 1
-        view.format = "B"
-        view.ndim = 1
-        view.shape = self._shape
-        view.strides = self._strides
-        view.suboffsets = NULL
-        view.internal = NULL
+        _byte_view(view, self, <void*>self._arena.base(), self._arena.capacity(), self._shape, self._strides)
 
 
 cdef class Mapping:
@@ -177,19 +183,7 @@ cdef class Mapping:
         return self._mapping.registered()
 
     def __getbuffer__(self, Py_buffer* view, int flags):
-        self._shape[0] = <Py_ssize_t>self._mapping.size()
-        self._strides[0] = 1
-        view.buf = <void*>self._mapping.data()
-        view.obj = self
-        view.len = self._shape[0]
-        view.readonly = 0
-        view.itemsize = 1
-        view.format = "B"
-        view.ndim = 1
-        view.shape = self._shape
-        view.strides = self._strides
-        view.suboffsets = NULL
-        view.internal = NULL
+        _byte_view(view, self, <void*>self._mapping.data(), self._mapping.size(), self._shape, self._strides)
 
 
 def memlock_limit_description():

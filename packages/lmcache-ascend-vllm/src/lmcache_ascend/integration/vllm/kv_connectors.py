@@ -67,6 +67,16 @@ class PagedLayout:
         return self._paged
 
 
+def _init_state(conn: Any, hidden_dim_size: int, num_layers: int, kwargs: dict, kv_format: Any) -> None:
+    """What both connectors keep: LMCache's metadata and the layout of vLLM's caches."""
+    conn.hidden_dim_size, conn.num_layers = hidden_dim_size, num_layers
+    conn.use_mla = kwargs.get("use_mla", False)
+    conn.chunk_size, conn.dtype, conn.device = kwargs.get("chunk_size"), kwargs.get("dtype"), kwargs.get("device")
+    conn.kvcaches = None
+    conn.layout = PagedLayout(kwargs.get("layout_hints"))
+    conn.memory_format = MemoryFormat.KV_MLA_FMT if conn.use_mla else kv_format
+
+
 def _layer(paged: PagedKV, layer: int) -> PagedKV:
     """The descriptor of one layer (for layerwise transfers)."""
     planes = paged.num_planes
@@ -77,15 +87,7 @@ class PagedKVConnector(GPUConnectorInterface):
     """Whole-chunk transfers: every layer of every chunk of a request in one native call."""
 
     def __init__(self, hidden_dim_size: int, num_layers: int, use_gpu: bool = False, **kwargs: Any) -> None:
-        self.hidden_dim_size = hidden_dim_size
-        self.num_layers = num_layers
-        self.use_mla = kwargs.get("use_mla", False)
-        self.chunk_size = kwargs.get("chunk_size")
-        self.dtype = kwargs.get("dtype")
-        self.device = kwargs.get("device")
-        self.kvcaches = None
-        self.layout = PagedLayout(kwargs.get("layout_hints"))
-        self.memory_format = MemoryFormat.KV_MLA_FMT if self.use_mla else MemoryFormat.KV_2LTD
+        _init_state(self, hidden_dim_size, num_layers, kwargs, MemoryFormat.KV_2LTD)
 
     @classmethod
     def from_metadata(cls, metadata: Any, use_gpu: bool = False, device: Any = None,
@@ -135,17 +137,9 @@ class PagedKVLayerwiseConnector(VLLMPagedMemLayerwiseGPUConnector):
 
     def __init__(self, hidden_dim_size: int, num_layers: int, use_gpu: bool = False, **kwargs: Any) -> None:
         # Deliberately no super().__init__(): it creates CUDA streams.
-        self.hidden_dim_size = hidden_dim_size
-        self.num_layers = num_layers
+        _init_state(self, hidden_dim_size, num_layers, kwargs, MemoryFormat.KV_T2D)
         self.use_gpu = False
-        self.use_mla = kwargs.get("use_mla", False)
-        self.chunk_size = kwargs.get("chunk_size")
-        self.dtype = kwargs.get("dtype")
-        self.device = kwargs.get("device")
-        self.kvcaches = None
         self.gpu_buffer_allocator = None
-        self.layout = PagedLayout(kwargs.get("layout_hints"))
-        self.memory_format = MemoryFormat.KV_MLA_FMT if self.use_mla else MemoryFormat.KV_T2D
 
     from_metadata = classmethod(PagedKVConnector.from_metadata.__func__)
 
