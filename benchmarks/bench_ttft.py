@@ -112,10 +112,13 @@ def main() -> int:
         cold = [a for i, a in enumerate(local[0::2]) if prompts[i][0] == n]
         warm = [a for i, a in enumerate(local[1::2]) if prompts[i][0] == n]
         ref = [a for i, a in enumerate(plain) if prompts[i][0] == n]
-        identical &= all(c["token_ids"] == w["token_ids"] == r["token_ids"] for c, w, r in zip(cold, warm, ref))
+        same = all(c["token_ids"] == w["token_ids"] for c, w in zip(cold, warm))  # cache on vs off
+        identical &= same
+        plain_same = sum(c["token_ids"] == r["token_ids"] for c, r in zip(cold, ref))
         c, w = statistics.median(a["ttft_s"] for a in cold), statistics.median(a["ttft_s"] for a in warm)
         rows.append({"label": f"{n // 1000}k local CPU", "tokens": n, "cold": c, "warm": w,
-                     "cached": min(a["cached"] for a in warm),
+                     "cached": min(a["cached"] for a in warm), "same": same,
+                     "plain_same": f"{plain_same} of {len(ref)}",
                      "plain": statistics.median(a["ttft_s"] for a in ref)})
 
     print("[bench] Redis across processes: A stores, B loads ...", flush=True)
@@ -127,16 +130,19 @@ def main() -> int:
     finally:
         redis.terminate()
         redis.wait(timeout=10)
-    identical &= a["token_ids"] == b[1]["token_ids"]
+    same = a["token_ids"] == b[1]["token_ids"]
+    identical &= same
     rows.append({"label": "2k Redis, 2 processes", "tokens": 2000, "cold": b[0]["ttft_s"], "warm": b[1]["ttft_s"],
-                 "cached": b[1]["cached"], "plain": None})
+                 "cached": b[1]["cached"], "plain": None, "same": same, "plain_same": "-"})
 
     table = ["| case | prompt tokens | cold TTFT ms | warm TTFT ms | warm / cold | tokens from cache | "
-             "no-connector TTFT ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "outputs identical, warm vs cold | no-connector engine: TTFT ms | same output as ours |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
         plain_ms = f"{r['plain'] * 1000:.0f}" if r["plain"] is not None else "-"
         table.append(f"| {r['label']} | {r['tokens']} | {r['cold'] * 1000:.0f} | {r['warm'] * 1000:.0f} | "
-                     f"{r['warm'] / r['cold']:.2f}x | {r['cached']} | {plain_ms} |")
+                     f"{r['warm'] / r['cold']:.2f}x | {r['cached']} | {'yes' if r['same'] else 'NO'} | {plain_ms} | "
+                     f"{r['plain_same']} |")
     two_k = next(r for r in rows if r["tokens"] == 2000)
     ratio = two_k["warm"] / two_k["cold"]
     verdict = "**met**" if ratio <= 0.25 else f"**missed** ({ratio:.2f}x)"
@@ -164,7 +170,12 @@ Reproduce: `nox -s bench_serving` (or, with the vLLM stack installed,
 
 {chr(10).join(table)}
 
-Greedy outputs identical with the cache on, off, and across processes: **{'yes' if identical else 'NO'}**.
+Greedy outputs identical with the cache on (warm, and process B through Redis) and off (cold, the
+same engine computing everything): **{'yes' if identical else 'NO'}**. The last column compares with a
+separately started engine that has no KV connector at all; where it differs, it differs for the
+cold request too (no cache involved) and only after several tokens: two connector-less engines agree
+with each other, so this is a difference between vLLM's engine configurations with and without a
+connector on this random-weight model, not a cache effect (see docs/vllm.md).
 
 Target warm <= 0.25x cold at 2k tokens: {verdict} (local CPU tier: {ratio:.2f}x).
 {f'![TTFT cold vs warm]({png.name})' if png else ''}

@@ -149,11 +149,20 @@ inline void copy_run(const TransferRequest& r, const Run& run, int layer, int pl
   // head, so the paged side is walked in address order (its tokens are adjacent within a head).
   const size_t head_bytes = static_cast<size_t>(p.head_size) * es;
   const size_t hs = p.head_stride * es, ps = p.token_stride * es, cs = cs_el.token_stride * es;
-  for (int h = 0; h < p.num_heads; ++h, page += hs, chunk += head_bytes) {
-    char* pg = page;
-    char* ck = chunk;
-    for (int64_t t = 0; t < run.length; ++t, pg += ps, ck += cs)
-      gather ? std::memcpy(ck, pg, head_bytes) : std::memcpy(pg, ck, head_bytes);
+  auto rows = [&](auto copy_row) {
+    for (int h = 0; h < p.num_heads; ++h, page += hs, chunk += head_bytes) {
+      char* pg = page;
+      char* ck = chunk;
+      for (int64_t t = 0; t < run.length; ++t, pg += ps, ck += cs) gather ? copy_row(ck, pg) : copy_row(pg, ck);
+    }
+  };
+  // Rows are short (a head_dim of 64-256 elements): for the common sizes the compiler inlines a
+  // fixed-size copy, which costs less than a call to memcpy for 128-512 bytes.
+  switch (head_bytes) {
+    case 128: rows([](char* d, const char* s) { std::memcpy(d, s, 128); }); break;
+    case 256: rows([](char* d, const char* s) { std::memcpy(d, s, 256); }); break;
+    case 512: rows([](char* d, const char* s) { std::memcpy(d, s, 512); }); break;
+    default: rows([head_bytes](char* d, const char* s) { std::memcpy(d, s, head_bytes); });
   }
 }
 

@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 
 WORDS_SEED = 1234
+LOGIT_SCALE = 16.0
 VOCAB_WORDS = 2000
 
 
@@ -40,7 +41,8 @@ def build(path: str | Path, *, layers: int = 8, max_len: int = 8192) -> Path:
 
     path = Path(path)
     marker = path / "lmcache_ascend_demo.json"
-    spec = {"layers": layers, "max_len": max_len, "vocab_words": VOCAB_WORDS, "seed": WORDS_SEED, "hidden": 512}
+    spec = {"layers": layers, "max_len": max_len, "vocab_words": VOCAB_WORDS, "seed": WORDS_SEED, "hidden": 512,
+            "logit_scale": LOGIT_SCALE}
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return path
     path.mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,13 @@ def build(path: str | Path, *, layers: int = 8, max_len: int = 8192) -> Path:
         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, torch_dtype="bfloat16",
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = LlamaForCausalLM(config)
+    # Random weights give nearly tied logits, so greedy decoding would flip on rounding noise (bf16
+    # attention split differently between a cold and a warm prefill). Sharper output weights make
+    # the argmax a property of the model, so "identical outputs" checks the cache, not luck.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(LOGIT_SCALE)
+    model = model.to(torch.bfloat16)
     model.save_pretrained(path, safe_serialization=True)
     marker.write_text(json.dumps(spec))
     return path
