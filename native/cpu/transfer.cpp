@@ -145,15 +145,21 @@ inline void copy_run(const TransferRequest& r, const Run& run, int layer, int pl
       gather ? std::memcpy(chunk, page, row) : std::memcpy(page, chunk, row);
     return;
   }
-  // Heads are not adjacent within a token (HND-like layouts): one head_dim row at a time, head by
-  // head, so the paged side is walked in address order (its tokens are adjacent within a head).
+  // Heads are not adjacent within a token (HND-like layouts): one head_dim row at a time. The inner
+  // loop runs over the shorter of heads and tokens, so at most that many address streams are live
+  // at once (a long run walked head by head would keep one write stream per token open).
   const size_t head_bytes = static_cast<size_t>(p.head_size) * es;
   const size_t hs = p.head_stride * es, ps = p.token_stride * es, cs = cs_el.token_stride * es;
+  const bool heads_inner = run.length > p.num_heads;
   auto rows = [&](auto copy_row) {
-    for (int h = 0; h < p.num_heads; ++h, page += hs, chunk += head_bytes) {
+    const int64_t outer_n = heads_inner ? run.length : p.num_heads, inner_n = heads_inner ? p.num_heads : run.length;
+    const size_t page_outer = heads_inner ? ps : hs, page_inner = heads_inner ? hs : ps;
+    const size_t chunk_outer = heads_inner ? cs : head_bytes, chunk_inner = heads_inner ? head_bytes : cs;
+    for (int64_t o = 0; o < outer_n; ++o, page += page_outer, chunk += chunk_outer) {
       char* pg = page;
       char* ck = chunk;
-      for (int64_t t = 0; t < run.length; ++t, pg += ps, ck += cs) gather ? copy_row(ck, pg) : copy_row(pg, ck);
+      for (int64_t i = 0; i < inner_n; ++i, pg += page_inner, ck += chunk_inner)
+        gather ? copy_row(ck, pg) : copy_row(pg, ck);
     }
   };
   // Rows are short (a head_dim of 64-256 elements): for the common sizes the compiler inlines a
