@@ -13,13 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from common import machine_info, write_section
@@ -50,21 +47,6 @@ def run_engine_mode(spec: dict) -> None:
         a = serving.ask(llm, demo_model.prompt(tokens, seed=seed))
         answers.append({"tokens": tokens, "ttft_s": a.ttft_s, "token_ids": a.token_ids, "cached": a.cached_tokens})
     print("RESULT " + json.dumps(answers), flush=True)
-
-
-def start_redis() -> tuple[str, subprocess.Popen]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return f"redis://127.0.0.1:{port}", proc
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -122,14 +104,12 @@ def main() -> int:
                      "plain": statistics.median(a["ttft_s"] for a in ref)})
 
     print("[bench] Redis across processes: A stores, B loads ...", flush=True)
-    url, redis = start_redis()
-    try:
+    from lmcache_ascend.integration.vllm.serving import local_redis
+
+    with local_redis() as (url, _):
         remote = {**LOCAL, "remote_url": url, "remote_serde": "naive"}
         a = engine(model, remote, [[2000, 7]])[0]
         b = engine(model, remote, [[2000, 8], [2000, 7]])  # B: a cold prompt of its own, then A's
-    finally:
-        redis.terminate()
-        redis.wait(timeout=10)
     same = a["token_ids"] == b[1]["token_ids"]
     identical &= same
     rows.append({"label": "2k Redis, 2 processes", "tokens": 2000, "cold": b[0]["ttft_s"], "warm": b[1]["ttft_s"],

@@ -1,10 +1,8 @@
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,21 +26,10 @@ def free_port() -> int:
 @pytest.fixture
 def redis_url():
     """A real redis-server on loopback, started for the test and stopped after it."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}", proc
-    proc.terminate()
-    proc.wait(timeout=10)
+    from lmcache_ascend.integration.vllm.serving import local_redis
+
+    with local_redis() as (url, proc):
+        yield url, proc
 
 
 class EngineRun:

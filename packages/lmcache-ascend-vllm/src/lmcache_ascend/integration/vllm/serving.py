@@ -4,9 +4,14 @@ Call from under `if __name__ == "__main__":`: vLLM's engine runs in child proces
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import socket
+import subprocess
+import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 CONNECTOR = "LMCacheAscendConnectorV1Dynamic"
 MODULE = "lmcache_ascend.integration.vllm.lmcache_ascend_connector_v1"
@@ -47,3 +52,27 @@ def ask(llm: Any, prompt: str, max_tokens: int = 16) -> Answer:
     out = llm.generate([prompt], SamplingParams(max_tokens=max_tokens, temperature=0.0), use_tqdm=False)[0]
     return Answer(ttft_s=out.metrics.first_token_latency, token_ids=list(out.outputs[0].token_ids),
                   cached_tokens=out.num_cached_tokens or 0)
+
+
+@contextlib.contextmanager
+def local_redis() -> Iterator[tuple[str, subprocess.Popen]]:
+    """A redis-server on a free loopback port for the duration of the block: (url, process)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}", proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
