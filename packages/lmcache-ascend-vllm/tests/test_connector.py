@@ -147,3 +147,17 @@ def test_layerwise_connector_keeps_lmcache_generator_protocol():
     steps += sum(1 for _ in load)
     assert steps == NL + 2
     assert torch.equal(reference(fresh, slots), expected)
+
+
+def test_layerwise_connector_moves_mla_layers():
+    d = 96
+    conn = PagedKVLayerwiseConnector(d, NL, chunk_size=256, dtype=torch.bfloat16, device="cpu:0", use_mla=True)
+    alloc = PinnedArenaAllocator(16 << 20)
+    g = torch.Generator().manual_seed(2)
+    caches = [torch.randn(NB, BS, d, generator=g).to(torch.bfloat16) for _ in range(NL)]
+    slots = torch.randperm(NB * BS)[:100]
+    per_layer = [[alloc.allocate(conn.get_shape(100), torch.bfloat16, MemoryFormat.KV_MLA_FMT)] for _ in range(NL)]
+    assert sum(1 for _ in conn.batched_from_gpu(per_layer, [0], [100], kvcaches=caches, slot_mapping=slots,
+                                                sync=True)) == NL + 1
+    for layer in range(NL):
+        assert torch.equal(per_layer[layer][0].tensor, caches[layer].reshape(NB * BS, d)[slots])

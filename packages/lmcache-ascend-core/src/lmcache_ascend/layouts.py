@@ -34,6 +34,7 @@ CHUNK_FORMATS: dict[str, tuple[str, ...]] = {
     "KV_T2D": ("T", "P", "X"),        # [T, 2, D], one layer
     "KV_2TD": ("P", "T", "X"),        # [2, T, D], one layer
     "KV_MLA_FMT": ("P", "L", "T", "X"),  # [1, L, T, D]
+    "MLA_TD": ("T", "X"),                # [T, D], one layer (single-layer and layerwise MLA)
 }
 
 
@@ -170,7 +171,7 @@ def describe_chunk(obj: Any, fmt: str, arg: str = "memory object", *, writable: 
     if dims["X"][1] != 1 and dims["X"][0] != 1:
         raise ValueError(f"{arg}: the hidden dimension must be contiguous; got {view.describe()}")
     planes, plane_stride = dims.get("P", (1, 0))
-    expected_planes = 1 if fmt == "KV_MLA_FMT" else 2
+    expected_planes = 1 if fmt in ("KV_MLA_FMT", "MLA_TD") else 2
     if planes != expected_planes:
         raise ValueError(f"{arg}: format {fmt} has {expected_planes} K/V plane(s) but got {view.describe()}")
     layers, layer_stride = dims.get("L", (1, 0))

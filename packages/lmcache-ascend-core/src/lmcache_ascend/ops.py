@@ -8,7 +8,6 @@ Direction values are LMCache's `TransferDirection`: H2D = 0 (LMCache -> paged, r
 D2H = 1 (paged -> LMCache, store). Format values are `EngineKVFormat` members or their ints.
 """
 
-from dataclasses import replace as _replace
 from typing import Any as _Any
 
 from lmcache_ascend import memory as _memory
@@ -141,16 +140,10 @@ def single_layer_kv_transfer(
     if fmt.planes == 1:
         if lmc.ndim != 2:
             raise ValueError(f"lmc_key_value_cache: expected [num_tokens, hidden] for {fmt.name}, got {lmc.describe()}")
-        lmc = _lmc_with_plane_axis(lmc)
-        chunk = _describe_chunk(lmc, "KV_MLA_FMT", "lmc_key_value_cache")
+        chunk = _describe_chunk(lmc, "MLA_TD", "lmc_key_value_cache")
     else:
         chunk = _describe_chunk(lmc, "KV_T2D" if token_major else "KV_2TD", "lmc_key_value_cache")
     _transfer.transfer_kv(paged, [(chunk, 0, chunk.num_tokens)], slot_mapping, kind)
-
-
-def _lmc_with_plane_axis(view: "_Any") -> "_Any":
-    """[T, D] -> [1, 1, T, D] so the MLA chunk format describes it."""
-    return _replace(view, shape=(1, 1, *view.shape), strides=(0, 0, *view.strides))
 
 
 def _flash(key_value, key_cache, value_cache, slot_mapping, layer_idx: int, kind: int) -> None:

@@ -149,9 +149,9 @@ class PagedKVLayerwiseConnector(VLLMPagedMemLayerwiseGPUConnector):
         return torch.Size([num_tokens, 2, self.hidden_dim_size])
 
     def _layer_chunks(self, memory_objs: list, starts: list, ends: list, writable: bool) -> list:
-        fmt = "KV_MLA_FMT" if self.use_mla else "KV_T2D"
-        return [(describe_chunk(_with_layer_axis(obj.tensor, self.use_mla), fmt, "memory object", writable=writable),
-                 start, end) for obj, start, end in zip(memory_objs, starts, ends)]
+        fmt = "MLA_TD" if self.use_mla else "KV_T2D"
+        return [(describe_chunk(obj.tensor, fmt, "memory object", writable=writable), start, end)
+                for obj, start, end in zip(memory_objs, starts, ends)]
 
     def _prepare(self, kwargs: dict) -> tuple[PagedKV, Any]:
         self.initialize_kvcaches_ptr(**kwargs)
@@ -178,7 +178,3 @@ class PagedKVLayerwiseConnector(VLLMPagedMemLayerwiseGPUConnector):
             yield
         yield
 
-
-def _with_layer_axis(tensor: torch.Tensor, use_mla: bool) -> torch.Tensor:
-    """A per-layer memory object ([T, 2, D], or [T, D] for MLA) as a one-layer chunk view."""
-    return tensor.unsqueeze(0).unsqueeze(0) if use_mla else tensor
