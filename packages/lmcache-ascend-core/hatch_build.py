@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sysconfig
+import tempfile
 from pathlib import Path
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
@@ -34,8 +36,10 @@ class NativeBuildHook(BuildHookInterface):
             return
         root = Path(self.root)
         native = _native_dir(root)
-        out = root / "build" / "native"
-        out.mkdir(parents=True, exist_ok=True)
+        # A private build directory per build: concurrent builds of one checkout must not share objects.
+        (root / "build").mkdir(exist_ok=True)
+        out = Path(tempfile.mkdtemp(prefix="native-", dir=root / "build"))
+        self._out = out
 
         lib = self._build_native_library(native, out)
         extensions = self._build_bindings(root, native, out)
@@ -45,6 +49,11 @@ class NativeBuildHook(BuildHookInterface):
         for path in [lib, *extensions]:
             build_data["force_include"][str(path)] = f"lmcache_ascend/_native/{path.name}"
         self.app.display_info("lmcache-ascend: built the CPU backend")
+
+    def finalize(self, version: str, build_data: dict, artifact_path: str) -> None:
+        out = getattr(self, "_out", None)
+        if out is not None:
+            shutil.rmtree(out, ignore_errors=True)
 
     def _build_native_library(self, native: Path, out: Path) -> Path:
         cxx = shlex.split(os.environ.get("CXX", "c++"))
