@@ -44,12 +44,13 @@ MATRIX = [
         "name": "lmcache056-vllm-ascend",
         "status": "new",
         "lmcache": "0.5.6",
-        # vllm-ascend's newest release on the package index; its releases track the vLLM release of
-        # the same number, and it pins the torch / torch-npu pair it was built for.
+        # vllm-ascend's newest release (the docker/ images' base, quay.io/ascend/vllm-ascend:v0.23.0);
+        # its releases track the vLLM release of the same number, and its images carry the torch /
+        # torch-npu pair it was built for, on Python 3.12.
         "vllm": "0.23", "vllm_dist": "vllm",
-        "vllm_ascend": "0.23.0.post1", "vllm_mindspore": None,
+        "vllm_ascend": "0.23.0", "vllm_mindspore": None,
         "torch": None, "torch_npu": None, "mindspore": None,
-        "python": "3.11",
+        "python": "3.12",
         # Same LMCache and connector code as the CPU row (checked end to end there); the NPU
         # kernels and registration need an Ascend host.
         "checked": "hardware-only",
