@@ -3,14 +3,24 @@
 `HostPool` is the arena (one mmap'd region, O(log n) best-fit allocator); `PinnedArenaAllocator`
 (lmcache_ascend.memory_lmcache) adapts it to LMCache's allocator interface. Pinning (mlock) and
 device registration only matter when a device reads host memory directly: `lock="auto"` and
-`register="auto"` turn them on exactly when a device backend is installed.
+`register="auto"` turn them on exactly when device registration is enabled.
+
+Device registration (Ascend) is enabled explicitly, never by importing something:
+`enable_device_registration()` loads the CANN runtime with dlopen (the wheel itself needs no CANN)
+and from then on pools are registered with the current NPU; a pool made with `register=True`
+enables it on first use (and fails with the reason when it cannot). `device_registration_status()`
+says which registrar is active or why none is. Call it in the process that owns the NPU, after
+`torch.npu.set_device(...)`: registration maps host pages for the current device.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
+from lmcache_ascend import _cann
 from lmcache_ascend._native import memory as _native
 
 logger = logging.getLogger(__name__)
@@ -31,13 +41,78 @@ def _resolve(option: Any, name: str) -> bool:
     raise ValueError(f"{name}={option!r} must be True, False or 'auto'")
 
 
+# -- device registration -------------------------------------------------------------------------
+_registration_lock = threading.Lock()
+_registration_failure: str | None = None  # why the last enable_device_registration() failed
+_NOT_ENABLED = ("not enabled: call lmcache_ascend.memory.enable_device_registration() in the process that "
+                "owns the NPU (after torch.npu.set_device), or create the pool with register=True")
+
+
+def enable_device_registration(env: Mapping[str, str] = os.environ, *,
+                               driver_root: Path = _cann.DEFAULT_DRIVER_ROOT) -> str:
+    """Register host pools with the Ascend NPU from now on; returns the registrar's name
+    ('ascend-acl' on driver >= 25, 'ascend-hal' before). Idempotent.
+
+    The runtime libraries are searched as `_cann.runtime_library_candidates` says (LMCACHE_ASCEND_ACL_LIB,
+    _HAL_LIB, _DSMI_LIB override); the driver version comes from dsmi, else <driver_root>/version.info.
+    Raises RuntimeError, with the library or call that failed and the fix, when the CANN runtime
+    cannot be used here; nothing changes then and pools keep working unregistered.
+    """
+    global _registration_failure
+    search = _cann.runtime_library_candidates(env, driver_root)
+    with _registration_lock:
+        try:
+            _native.enable_ascend_registration(search["acl"], search["hal"], search["dsmi"],
+                                               env.get("ASCEND_RT_VISIBLE_DEVICES", ""),
+                                               _cann.driver_version(driver_root) or "")
+        except (RuntimeError, ValueError) as exc:
+            _registration_failure = f"cannot register host memory with an NPU: {exc}"
+            raise RuntimeError(_registration_failure) from None
+        _registration_failure = None
+    logger.info("lmcache-ascend: device registration enabled (%s)", _native.ascend_registration_description())
+    return device_registrar_name()
+
+
+def disable_device_registration() -> None:
+    """Stop registering new pools. ValueError while memory is still registered (close and drop
+    those pools first)."""
+    _native.disable_ascend_registration()
+
+
+def device_registration_status() -> tuple[str | None, str]:
+    """(registrar name, how it registers) when enabled, else (None, why not)."""
+    name = device_registrar_name()
+    if name is not None:
+        return name, _native.ascend_registration_description() or f"{name}, installed by a device backend"
+    with _registration_lock:
+        return None, _registration_failure or _NOT_ENABLED
+
+
+def device_address(host_address: int) -> int:
+    """The device's address for a byte inside a registered pool (what NPU kernels are given)."""
+    return _native.device_address(host_address)
+
+
+def _resolve_register(option: Any) -> bool:
+    if option is True and device_registrar_name() is None:
+        try:
+            enable_device_registration()
+        except RuntimeError as exc:
+            raise RuntimeError(f"register=True: {exc}. Pass register='auto' to register only where device "
+                               "registration is enabled") from None
+    return _resolve(option, "register")
+
+
 class HostPool:
     """A pool of host memory handing out aligned byte ranges.
 
     size_bytes: pool size. alignment: of every allocation (power of two, default 4 KiB).
     huge_pages: back with 2 MiB huge pages. numa_node: bind to this NUMA node (None = no binding).
-    lock: mlock the pool ('auto': when a device backend is installed). register: register with
-    the device ('auto': when one is installed). populate: fault all pages in up front.
+    lock: mlock the pool ('auto': when device registration is enabled). register: register with
+    the current NPU ('auto': when device registration is enabled; True: enable it now, or fail with
+    why it cannot be). populate: fault all pages in up front. Registration happens after NUMA
+    binding, population and locking, so the device maps the pages where they will stay; closing
+    an empty pool (or collecting it) unregisters it.
     """
 
     def __init__(self, size_bytes: int, *, alignment: int = 4096, huge_pages: bool = False,
@@ -49,7 +124,7 @@ class HostPool:
             raise ValueError(f"alignment={alignment!r} must be a power of two >= 64 (default 4096)")
         self._arena = _native.Arena(size_bytes, alignment, huge_pages=huge_pages, numa_node=numa_node,
                                     lock=_resolve(lock, "lock"), populate=populate,
-                                    register=_resolve(register, "register"))
+                                    register=_resolve_register(register))
 
     # -- allocation ------------------------------------------------------------------------
     def allocate(self, size: int) -> int | None:

@@ -9,9 +9,12 @@ from libc.stdint cimport uintptr_t
 from libcpp.vector cimport vector
 
 from lmcache_ascend._native.native cimport (
-    ArenaStats, HostArena, HostMapping, HostMemoryOptions, Status, StatusCode, device_registrar,
-    has_cap_ipc_lock as _has_cap_ipc_lock, huge_pages_free as _huge_pages_free,
-    memlock_limit_description as _memlock_limit_description, numa_node_count as _numa_node_count,
+    ArenaStats, AscendRuntimePaths, DeviceRegistrar, HostArena, HostMapping, HostMemoryOptions, Status,
+    StatusCode, ascend_registration_description as _ascend_registration_description,
+    device_registrar, disable_ascend_registration as _disable_ascend_registration,
+    enable_ascend_registration as _enable_ascend_registration, has_cap_ipc_lock as _has_cap_ipc_lock,
+    huge_pages_free as _huge_pages_free, memlock_limit_description as _memlock_limit_description,
+    numa_node_count as _numa_node_count,
 )
 
 include "status.pxi"
@@ -206,3 +209,38 @@ def device_registrar_name():
     """Name of the installed device registrar, or None on hosts without a device backend."""
     reg = device_registrar()
     return None if reg == NULL else reg.name().decode()
+
+
+def device_address(uintptr_t host_address):
+    """Address the device uses for a byte of registered host memory (ValueError if not registered,
+    RuntimeError without a device registrar)."""
+    cdef DeviceRegistrar* reg = device_registrar()
+    if reg == NULL:
+        raise RuntimeError("no device registrar is installed: host memory is not registered with any device "
+                           "(see lmcache_ascend.memory.device_registration_status())")
+    cdef uintptr_t out = 0
+    raise_on_error(reg.device_address(<void*>host_address, &out))
+    return out
+
+
+def enable_ascend_registration(acl, hal, dsmi, str visible_devices, str driver_version_fallback):
+    """Load the CANN runtime from the first loadable path of each list and install the Ascend registrar."""
+    cdef AscendRuntimePaths paths
+    paths.acl = [p.encode() for p in acl]
+    paths.hal = [p.encode() for p in hal]
+    paths.dsmi = [p.encode() for p in dsmi]
+    paths.visible_devices = visible_devices.encode()
+    paths.driver_version_fallback = driver_version_fallback.encode()
+    cdef Status st
+    with nogil:
+        st = _enable_ascend_registration(paths)
+    raise_on_error(st)
+
+
+def disable_ascend_registration():
+    raise_on_error(_disable_ascend_registration())
+
+
+def ascend_registration_description():
+    """How host memory is registered ('ascend-acl: aclrtHostRegister (driver ...)'), '' when not enabled."""
+    return _ascend_registration_description().decode()

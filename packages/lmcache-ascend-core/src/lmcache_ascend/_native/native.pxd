@@ -129,5 +129,19 @@ cdef extern from "lmcache_ascend/host_arena.hpp" namespace "lmcache_ascend" nogi
 cdef extern from "lmcache_ascend/device_registration.hpp" namespace "lmcache_ascend" nogil:
     cdef cppclass DeviceRegistrar:
         string name()
+        Status device_address(void* host_ptr, uintptr_t* out)
 
     DeviceRegistrar* device_registrar()
+
+
+cdef extern from "lmcache_ascend/ascend_registrar.hpp" namespace "lmcache_ascend" nogil:
+    cdef cppclass AscendRuntimePaths:
+        vector[string] acl
+        vector[string] hal
+        vector[string] dsmi
+        string visible_devices
+        string driver_version_fallback
+
+    Status enable_ascend_registration(const AscendRuntimePaths& paths)
+    Status disable_ascend_registration()
+    string ascend_registration_description()
