@@ -137,6 +137,7 @@ def ascend_build_plan(env: Mapping[str, str] = os.environ,
         return None, (f"lmcache-ascend: CANN found at {toolkit.home} but the SoC is unknown (SOC_VERSION unset, "
                       "npu-smi did not answer), built the CPU backend only; set SOC_VERSION (e.g. "
                       "Ascend910B3) and reinstall for the Ascend backend")
+    soc = cann.resolve_soc(toolkit, soc)
     arch = cann.aicore_arch(toolkit, soc)
     if arch is None:
         known = cann.known_socs(toolkit)

@@ -288,6 +288,13 @@ def test_plan_with_cann_builds_the_ascend_library_with_this_cmake_line(hook_with
     ]
 
 
+def test_plan_takes_the_toolkits_spelling_of_a_lower_case_soc(hook_without_default_toolkit, tmp_path):
+    # vllm-ascend images export SOC_VERSION=ascend910b3; platform_config names the file Ascend910B3.ini.
+    env = {"ASCEND_HOME_PATH": str(make_toolkit(tmp_path)), "SOC_VERSION": "ascend910b3"}
+    build, _ = hook_without_default_toolkit.ascend_build_plan(env, torch_abi=lambda: 1)
+    assert (build.soc, build.aicore_arch) == ("Ascend910B3", 220)
+
+
 def test_plan_asks_npu_smi_for_the_soc(hook_without_default_toolkit, tmp_path, monkeypatch):
     hook = hook_without_default_toolkit
     fake_npu_smi(tmp_path / "bin", NPU_SMI_910B)

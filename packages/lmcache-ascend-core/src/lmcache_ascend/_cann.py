@@ -171,6 +171,13 @@ def known_socs(toolkit: CannToolkit) -> list[str]:
         return []
 
 
+def resolve_soc(toolkit: CannToolkit, soc: str) -> str:
+    """The toolkit's own spelling of `soc`: images export SOC_VERSION in lower case (ascend910b1)
+    while platform_config names the file Ascend910B1.ini."""
+    matches = [known for known in known_socs(toolkit) if known.lower() == soc.lower()]
+    return matches[0] if matches else soc
+
+
 def driver_version(root: Path = DEFAULT_DRIVER_ROOT) -> str | None:
     """The Ascend driver's version (Version= in <root>/version.info), e.g. '24.1.rc2'."""
     return _key_values(Path(root) / "version.info").get("Version") or None
