@@ -179,6 +179,7 @@ def install_check(session: nox.Session) -> None:
     session.chdir(session.create_tmp())
     session.run("python", "-c", "import lmcache_ascend.ops, lmcache_ascend.c_ops, lmcache_ascend as m; "
                 "print('lmcache_ascend', m.__version__, 'threads', m.get_num_threads())")
+    session.run("lmcache-ascend", "doctor")  # the first thing the docs tell users to run
 
 
 CPU_ROW = ROW["lmcache056-vllm032-cpu"]  # the row that runs end to end here

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import os
 
+from lmcache_ascend._cann import ENV_VARS as _CANN_ENV_VARS
+
 # name -> meaning (shown in errors and docs)
 ENV_VARS = {
     # Threads one CPU transfer is split over, the calling thread included. Unset or 0: usable
     # cores (sched_getaffinity). Lower it when the engine's own threads need the cores.
     "LMCACHE_ASCEND_NUM_THREADS": "threads per CPU KV transfer (default: usable cores)",
+    # Build (CANN detection) and host-memory registration: their reader is _cann.py, which the build
+    # hook loads on its own before the package is installed, so their table lives there.
+    **_CANN_ENV_VARS,
 }
 
 
