@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "lmcache_ascend/thread_pool.hpp"
+#include "lmcache_ascend/transfer_validation.hpp"
 
 namespace lmcache_ascend {
 namespace {
@@ -86,6 +87,15 @@ Status check_chunks(const TransferRequest& r) {
   return Status::Ok();
 }
 
+Status slot_out_of_range(const TransferRequest& r, int64_t t, int64_t slot) {
+  const int64_t num_slots = r.page.num_slots();
+  return Status::Error(StatusCode::kOutOfRange,
+                       "slot_mapping[" + std::to_string(t) + "] = " + std::to_string(slot) +
+                           " is out of range: the paged KV cache has " + std::to_string(num_slots) + " slots (" +
+                           std::to_string(r.page.num_blocks) + " blocks x " + std::to_string(r.page.block_size) +
+                           "); slots must be < " + std::to_string(num_slots) + ", or negative to skip a token");
+}
+
 // Validates every slot that will move, then splits them into runs. Nothing moves before this
 // returns OK.
 Status plan_runs(const TransferRequest& r, std::vector<Run>& runs) {
@@ -97,13 +107,7 @@ Status plan_runs(const TransferRequest& r, std::vector<Run>& runs) {
     Run cur{c, 0, -1, 0};
     for (; t < ch.token_end; ++t) {
       int64_t slot = r.slots.at(t);
-      if (slot >= num_slots)
-        return Status::Error(StatusCode::kOutOfRange,
-                             "slot_mapping[" + std::to_string(t) + "] = " + std::to_string(slot) +
-                                 " is out of range: the paged KV cache has " + std::to_string(num_slots) +
-                                 " slots (" + std::to_string(r.page.num_blocks) + " blocks x " +
-                                 std::to_string(block) + "); slots must be < " + std::to_string(num_slots) +
-                                 ", or negative to skip a token");
+      if (slot >= num_slots) return slot_out_of_range(r, t, slot);
       if (slot < 0) {  // padding / not-yet-allocated token: skipped
         if (cur.length) runs.push_back(cur), cur.length = 0;
         continue;
@@ -173,6 +177,20 @@ inline void copy_run(const TransferRequest& r, const Run& run, int layer, int pl
 }
 
 }  // namespace
+
+Status validate_transfer_request(const TransferRequest& r) {
+  Status st = check_layout(r);
+  if (!st.ok()) return st;
+  st = check_chunks(r);
+  if (!st.ok()) return st;
+  const int64_t num_slots = r.page.num_slots();
+  for (int64_t c = 0; c < r.num_chunks; ++c)
+    for (int64_t t = std::max(r.chunks[c].token_begin, r.skip_prefix_n_tokens); t < r.chunks[c].token_end; ++t) {
+      int64_t slot = r.slots.at(t);
+      if (slot >= num_slots) return slot_out_of_range(r, t, slot);
+    }
+  return Status::Ok();
+}
 
 Status transfer_kv(const TransferRequest& r) {
   Status st = check_layout(r);

@@ -91,3 +91,157 @@ def buffer_allocate(allocator: Any, shapes: Any, dtypes: Any, fmt: Any, batch_si
     if batch_size is None:
         return allocator.allocate(shapes, dtypes, fmt)
     return allocator.batched_allocate(shapes, dtypes, batch_size, fmt)
+
+
+# =============================================================================================
+# vLLM connector and its settings checks (used by lmcache_ascend.integration.vllm: the connector
+# module, config.py, patches/; checked by packages/lmcache-ascend-vllm/tests/contract)
+#
+# - 5: LMCacheConnectorV1Dynamic(vllm_config, role, kv_cache_config=None); 3: (vllm_config, role):
+#   it predates vLLM's kv_cache_config argument and never reads it.
+# - 5: one failed health check of a remote store turns every tier off unless extra_config
+#   fallback_policy keeps the local ones; 3: no such monitor (a failing remote store only misses).
+# - Chunk keys equal in every process (pre_caching_hash_algorithm): 5 looks vLLM's sha256_cbor up
+#   by name; 3 imports vLLM's sha256 and sha256_cbor_64bit together and silently uses Python's
+#   hash() when either is missing, as in vLLM 0.9 (no sha256_cbor_64bit) and >= 0.10.2 (renamed).
+# - Setting names: 5 and 0.3.7: lmcache.v1.config._CONFIG_DEFINITIONS; 0.3.3: the fields of the
+#   LMCacheEngineConfig dataclass.
+# - 5: vLLM's adapter builds its GPU connector through lmcache.v1.gpu_connector.CreateGPUConnector;
+#   3: lmcache.integration.vllm.vllm_v1_adapter builds a CUDA one inline (no factory to extend).
+# =============================================================================================
+CONNECTOR_TAKES_KV_CACHE_CONFIG = GENERATION == 5
+REMOTE_HEALTH_FALLBACK_POLICY = GENERATION == 5
+HAS_GPU_CONNECTOR_FACTORY = GENERATION == 5
+
+
+def process_independent_hash(vllm_utils: Any) -> str | None:
+    """The pre_caching_hash_algorithm that gives every process the same chunk keys, given vLLM's
+    `vllm.utils` module; None when this LMCache and vLLM pair has none (then only PYTHONHASHSEED does)."""
+    if GENERATION == 5:
+        return "sha256_cbor"
+    if hasattr(vllm_utils, "sha256") and hasattr(vllm_utils, "sha256_cbor_64bit"):
+        return "sha256_cbor_64bit"
+    return None
+
+
+def lmcache_setting_names() -> set[str]:
+    """Every LMCache setting name (what kv_connector_extra_config may set as 'lmcache.<name>')."""
+    import dataclasses
+
+    from lmcache.v1 import config
+
+    table = getattr(config, "_CONFIG_DEFINITIONS", None)
+    if table is not None:
+        return set(table)
+    return {field.name for field in dataclasses.fields(config.LMCacheEngineConfig)}
+
+
+# =============================================================================================
+# GPU-connector interface (used by lmcache_ascend.integration.vllm.kv_connectors)
+#
+# Same in both generations: the abstract methods to_gpu / from_gpu (memory_obj, start, end, **kw),
+# batched_from_gpu (memory_objs, starts, ends, **kw), batched_to_gpu, get_shape(num_tokens); kwargs
+# kvcaches + slot_mapping (+ sync for layerwise); the layerwise generators (retrieve yields
+# num_layers + 2 times and is fed one layer's memory objects per send, store yields num_layers + 1
+# times); the MemoryFormat names KV_2LTD, KV_T2D, KV_MLA_FMT; LMCache's engine accepts a layerwise
+# connector only if it is an instance of VLLMPagedMemLayerwiseGPUConnector.
+# Different:
+# - 5: classes in lmcache.v1.gpu_connector.gpu_connectors (a package); 3: lmcache.v1.gpu_connector.
+# - 5: LMCache detects the engine's KV layout (EngineKVFormat, normalize_kv_and_discover_format,
+#   layout_hints) and its base class makes HND views contiguous; 3: neither, the layout is read
+#   here from the shapes of the tensors vLLM registered.
+# - 5: batched_to_gpu's parameters have defaults (layerwise connectors get starts, ends in them);
+#   vLLM's adapter passes vllm_cached_tokens (already computed by vLLM, left alone on retrieve).
+#   3: no defaults, no vllm_cached_tokens (its adapter masks whole chunks instead).
+# - 5: metadata is lmcache.v1.metadata.LMCacheMetadata; 3: lmcache.config.LMCacheEngineMetadata
+#   (no chunk_size field). Both: kv_shape = (layers, 2 or 1 for MLA, chunk_size, kv heads, head_size).
+# Imported on first use: the allocator above needs none of it.
+# =============================================================================================
+
+# LMCache 0.5's EngineKVFormat names -> lmcache_ascend.layouts.ENGINE_LAYOUTS name of one layer.
+LAYOUT_OF_ENGINE_FORMAT = {
+    "NL_X_TWO_NB_BS_NH_HS": "flash_attn",     # [2, NB, BS, NH, HS]
+    "NL_X_NB_TWO_BS_NH_HS": "flashinfer",     # [NB, 2, BS, NH, HS]
+    "NL_X_NB_BS_HS": "mla",                   # [NB, BS, D]
+    "NL_X_TWO_NB_NH_BS_HS": "hnd",            # [2, NB, NH, BS, HS]
+    "NL_X_NB_TWO_NH_BS_HS": "flashinfer_hnd",  # [NB, 2, NH, BS, HS]
+    "NL_X_NB_NH_BS_CS": "cpu",                # [NB, NH, BS, 2*HS] vLLM CPU platform
+    "NL_X_NB_BS_NH_CS": "cpu_nhd",            # [NB, BS, NH, 2*HS]
+    "NL_X_TWO_X_NB_BS_NH_HS": "separate_kv",  # (K, V) [NB, BS, NH, HS] each (vLLM-Ascend)
+}
+
+
+def gpu_connector_bases() -> tuple[type, type]:
+    """(GPUConnectorInterface, VLLMPagedMemLayerwiseGPUConnector) of the installed LMCache."""
+    try:
+        module = importlib.import_module("lmcache.v1.gpu_connector.gpu_connectors")
+    except ImportError:  # 3: one module
+        module = importlib.import_module("lmcache.v1.gpu_connector")
+    return module.GPUConnectorInterface, module.VLLMPagedMemLayerwiseGPUConnector
+
+
+def discover_kv_layout(kvcaches: Any, *, hidden: int, use_mla: bool,
+                       layout_hints: Any = None) -> tuple[str, list, str]:
+    """How vLLM's registered KV caches are laid out.
+
+    Returns (lmcache_ascend layout name, the per-layer entries to describe, what was recognised
+    for logs). hidden: heads * head_size of LMCache's memory objects (the latent size for MLA).
+    """
+    try:
+        detect = importlib.import_module("lmcache.v1.gpu_connector.utils").normalize_kv_and_discover_format
+        engine_type = importlib.import_module("lmcache.utils").EngineType
+    except (ImportError, AttributeError):  # 3: no detection in LMCache
+        return _layout_from_shapes(list(kvcaches), hidden, use_mla)
+    fmt, normalized = detect(list(kvcaches), engine_type.VLLM, layout_hints=layout_hints)
+    layout = LAYOUT_OF_ENGINE_FORMAT.get(fmt.name)
+    if layout is None:
+        first = _first_tensor(kvcaches)
+        raise ValueError(f"vLLM's KV cache layout {fmt.name} (first layer: shape {list(first.shape)}, dtype "
+                         f"{first.dtype}, device {first.device}) is not supported by lmcache-ascend; supported: "
+                         f"{sorted(LAYOUT_OF_ENGINE_FORMAT)}")
+    return layout, normalized, fmt.name
+
+
+def _first_tensor(kvcaches: Any) -> Any:
+    return kvcaches[0][0] if isinstance(kvcaches[0], (tuple, list)) else kvcaches[0]
+
+
+def _layout_from_shapes(kvcaches: list, hidden: int, use_mla: bool) -> tuple[str, list, str]:
+    """LMCache 0.3.x: the layout of vLLM's per-layer caches from their shapes (vLLM's logical
+    shapes; strides are read later by lmcache_ascend.layouts.describe_paged)."""
+    entry = kvcaches[0]
+    if isinstance(entry, (tuple, list)):
+        shapes = [tuple(t.shape) for t in entry]
+        if len(shapes) == 2 and all(len(s) == 4 and s[2] * s[3] == hidden for s in shapes) and not use_mla:
+            return "separate_kv", kvcaches, f"(K, V) pairs of [NB, BS, NH, HS] = {list(shapes[0])}"
+        layout = None
+    else:
+        shape = tuple(entry.shape)
+        layout = _single_tensor_layout(shape, hidden, use_mla)
+        if layout is not None:
+            return layout, kvcaches, f"{layout} {list(shape)}"
+        shapes = [shape]
+    raise ValueError(
+        f"kvcaches: cannot tell the layout of vLLM's KV cache (first layer: {' and '.join(map(str, map(list, shapes)))}, "
+        f"{'MLA' if use_mla else 'not MLA'}, {hidden} elements per token and K/V plane expected from LMCache's "
+        "metadata) under LMCache 0.3.x; supported per layer: [2, NB, BS, NH, HS] (flash-attn), "
+        "[NB, 2, BS, NH, HS] (flashinfer), [NB, NH, BS, 2*HS] or [NB, BS, NH, 2*HS] (vLLM CPU), "
+        "a (K, V) pair of [NB, BS, NH, HS] (vLLM-Ascend), [NB, BS, D] with use_mla. Check that the model's "
+        "kv heads x head_size (LMCache metadata kv_shape) match the cache, or upgrade to LMCache 0.5.x")
+
+
+def _single_tensor_layout(shape: tuple, hidden: int, use_mla: bool) -> str | None:
+    if use_mla:
+        return "mla" if len(shape) == 3 and shape[2] == hidden else None
+    if len(shape) == 5 and shape[3] * shape[4] == hidden:
+        if shape[0] == 2:  # as LMCache 0.3.x decides: K/V axis first wins (NB == 2 is ambiguous)
+            return "flash_attn"
+        if shape[1] == 2:
+            return "flashinfer"
+    if len(shape) == 4 and shape[3] % 2 == 0:
+        head_size = shape[3] // 2
+        if shape[1] * head_size == hidden:  # vLLM's CPU platform (also when NH == BS)
+            return "cpu"
+        if shape[2] * head_size == hidden:
+            return "cpu_nhd"
+    return None

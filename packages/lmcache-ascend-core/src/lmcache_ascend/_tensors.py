@@ -96,6 +96,28 @@ def _from_dlpack(obj: Any) -> Any:
         return numpy.from_dlpack(obj)
 
 
+def current_npu_stream() -> int:
+    """The aclrtStream of torch_npu's current stream, as an int, for kernels launched on the NPU.
+
+    Looked up only when a transfer involves npu tensors, so torch_npu is never needed otherwise.
+    Reading `npu_stream` goes through torch_npu's NPUStream::stream(), which first submits the ops
+    still waiting in torch_npu's task queue, so a kernel launched on it runs after them.
+    """
+    try:
+        import torch
+
+        npu = getattr(torch, "npu", None)
+        if npu is None:
+            import torch_npu  # noqa: F401  (registers torch.npu)
+
+            npu = torch.npu
+    except ImportError as exc:
+        raise RuntimeError(
+            f"tensors are on an npu device but torch_npu cannot be imported ({exc}); install torch_npu "
+            "matching your torch and CANN, and import it before using lmcache_ascend") from exc
+    return int(npu.current_stream().npu_stream)
+
+
 def as_view(obj: Any, name: str, *, writable: bool = False) -> TensorView:
     """View `obj` (argument `name`, used in errors) as a TensorView."""
     if isinstance(obj, TensorView):

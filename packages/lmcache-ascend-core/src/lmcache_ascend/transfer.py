@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from lmcache_ascend._native import transfer as _native
-from lmcache_ascend._tensors import TensorView, as_view
+from lmcache_ascend._tensors import TensorView, as_view, current_npu_stream
 from lmcache_ascend.layouts import ChunkView, PagedKV
 
 GATHER = _native.GATHER    # paged -> LMCache (store)
@@ -17,15 +17,12 @@ SCATTER = _native.SCATTER  # LMCache -> paged (retrieve)
 
 
 def slot_view(slot_mapping: Any, arg: str = "slot_mapping") -> TensorView:
-    """A 1-D int32/int64 view of the slot mapping on the host."""
+    """A 1-D contiguous int32/int64 view of the slot mapping (host or NPU memory)."""
     view = as_view(slot_mapping, arg)
     if view.dtype not in ("int32", "int64"):
         raise TypeError(f"{arg}: dtype {view.dtype} is not supported; pass int32 or int64 slots")
     if view.ndim != 1:
         raise ValueError(f"{arg}: expected a 1-D tensor of slots, got {view.describe()}")
-    if view.device != "cpu":
-        raise ValueError(f"{arg}: is on device {view.device}, but the CPU backend reads slots from host "
-                         "memory; pass slot_mapping.cpu()")
     if view.strides and view.strides[0] != 1 and view.shape[0] > 1:
         contiguous = getattr(view.owner, "contiguous", None)
         if contiguous is None:
@@ -34,12 +31,43 @@ def slot_view(slot_mapping: Any, arg: str = "slot_mapping") -> TensorView:
     return view
 
 
-def _check_device(device: str, arg: str) -> None:
-    if device != "cpu":
-        raise ValueError(
-            f"{arg}: is on device '{device}', which this build of lmcache-ascend-core cannot reach "
-            "(it has the CPU backend only; the Ascend backend is built where the CANN toolkit is found). "
-            "Keep the KV cache and memory objects in host memory, or install the wheel built on an Ascend host.")
+CPU, NPU = "cpu", "npu"
+
+
+def backend_for(kv_device: str, chunk_devices: Sequence[str], slot_device: str) -> str:
+    """The backend that runs a transfer: where the KV cache lives decides (never import order).
+
+    kv_device, chunk_devices, slot_device: device types ("cpu", "npu", ...) of the KV cache, of each
+    memory object and of the slot mapping. Returns CPU or NPU; raises ValueError naming the
+    argument for any device or mix of devices no backend can serve.
+    """
+    def arg(i: int) -> str:
+        return "memory object" if len(chunk_devices) == 1 else f"memory object {i}"
+
+    if kv_device == CPU:
+        for i, device in enumerate(chunk_devices):
+            if device != CPU:
+                raise ValueError(f"{arg(i)}: is on device '{device}' but the KV cache (kv_caches) is in host memory; "
+                                 "one call moves KV between caches and memory objects on the CPU: pass memory "
+                                 "objects in host memory")
+        if slot_device != CPU:
+            raise ValueError(f"slot_mapping: is on device {slot_device}, but the CPU backend reads slots from host "
+                             "memory; pass slot_mapping.cpu()")
+        return CPU
+    if kv_device == NPU:
+        for i, device in enumerate(chunk_devices):
+            if device not in (CPU, NPU):
+                raise ValueError(f"{arg(i)}: is on device '{device}'; with the KV cache on the NPU, memory objects "
+                                 "must be in host memory (cpu) or NPU memory (npu)")
+        if len(set(chunk_devices)) > 1:
+            raise ValueError(f"memory objects: mixes devices {sorted(set(chunk_devices))} in one call; pass memory "
+                             "objects that are all in host memory or all on the NPU (split the call)")
+        if slot_device not in (CPU, NPU):
+            raise ValueError(f"slot_mapping: is on device '{slot_device}'; pass it on the NPU or on the CPU")
+        return NPU
+    raise ValueError(
+        f"kv_caches: is on device '{kv_device}', which lmcache-ascend cannot reach (it moves KV for caches "
+        "in host memory (cpu) and on Ascend NPUs (npu)); keep the KV cache on one of those devices")
 
 
 def transfer_kv(
@@ -48,18 +76,23 @@ def transfer_kv(
     slot_mapping: Any,
     direction: int,
     skip_prefix_n_tokens: int = 0,
+    fused: bool | None = None,
 ) -> None:
     """Move KV between `paged` and LMCache memory objects.
 
     chunks: (memory object, token_begin, token_end) per object; the object holds tokens
     [token_begin, token_end) of `slot_mapping`. GIL released while bytes move.
+    The backend follows the KV cache's device (backend_for). For an NPU cache with memory objects in
+    host memory, `fused` picks how the NPU reaches them: True stages through device memory with
+    one copy per touched range, False requires them registered with the device (zero-copy), None
+    (default) stages only the objects that are not registered. A gather into host memory returns
+    once the host holds the data; other NPU transfers are queued on the current NPU stream.
     """
     slots = slot_view(slot_mapping)
-    _check_device(paged.device, "kv_caches")
+    backend = backend_for(paged.device, [chunk.view.device for chunk, _, _ in chunks], slots.device)
     native_chunks = []
     for i, (chunk, begin, end) in enumerate(chunks):
         arg = "memory object" if len(chunks) == 1 else f"memory object {i}"
-        _check_device(chunk.view.device, arg)
         if chunk.view.dtype != paged.dtype:
             raise TypeError(f"{arg}: dtype {chunk.view.dtype} differs from the KV cache dtype {paged.dtype}; "
                             "allocate LMCache memory objects with the engine's KV dtype")
@@ -81,10 +114,15 @@ def transfer_kv(
                               chunk.plane_stride, chunk.layer_stride, chunk.token_stride))
     if not native_chunks:
         return
-    _native.transfer_kv(
+    args = (
         paged.plane_bases, paged.itemsize, paged.num_layers, paged.num_planes,
         paged.num_blocks, paged.block_size, paged.num_heads, paged.head_size,
         paged.block_stride, paged.head_stride, paged.token_stride, paged.extent_elems,
         native_chunks, slots.address, slots.shape[0], slots.itemsize,
         skip_prefix_n_tokens, direction,
     )
+    if backend == CPU:
+        _native.transfer_kv(*args)
+    else:
+        _native.transfer_kv_npu(*args, current_npu_stream(), slots.device == NPU,
+                                chunks[0][0].view.device == CPU, fused)

@@ -17,10 +17,10 @@ ADAPTER_KEYS = {"discard_partial_chunks", "skip_last_n_tokens", "lmcache_rpc_por
 UNSUPPORTED = {"enable_blending": "CacheBlend", "use_gpu_connector_v3": "the CUDA v3 connector"}
 
 
-def _lmcache_keys() -> dict[str, Any]:
-    from lmcache.v1.config import _CONFIG_DEFINITIONS
+def _lmcache_keys() -> set[str]:
+    from lmcache_ascend._lmcache_compat import lmcache_setting_names
 
-    return _CONFIG_DEFINITIONS
+    return lmcache_setting_names()
 
 
 def validate_extra_config(extra: dict[str, Any] | None) -> None:

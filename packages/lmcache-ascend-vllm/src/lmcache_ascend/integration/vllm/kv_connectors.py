@@ -1,11 +1,12 @@
 """LMCache "GPU connectors" for paged KV caches that live in host memory (vLLM's CPU platform) or on
 an Ascend NPU: they move KV between vLLM's paged cache and LMCache memory objects with
-lmcache_ascend's kernels.
+lmcache_ascend's kernels. They work with LMCache 0.5.x and 0.3.x (the differences live in
+lmcache_ascend._lmcache_compat, section "GPU-connector interface").
 
-The layout is found from the tensors vLLM registered (LMCache's own format detection, mapped to
-lmcache_ascend's layout names), so the backend follows the tensors, never import order. LMCache's
-memory objects keep their standard K-then-V formats (KV_2LTD, KV_T2D per layer), whatever the
-engine layout: chunks stored by a CPU engine are readable by any other engine sharing the store.
+The layout is found from the tensors vLLM registered (LMCache 0.5's own format detection, or their
+shapes under 0.3), so the backend follows the tensors, never import order. LMCache's memory
+objects keep their standard K-then-V formats (KV_2LTD, KV_T2D per layer), whatever the engine
+layout: chunks stored by a CPU engine are readable by any other engine sharing the store.
 """
 from __future__ import annotations
 
@@ -15,35 +16,21 @@ from typing import Any, Optional
 
 import torch
 
-from lmcache.lmcache_native import EngineKVFormat
-from lmcache.utils import EngineType
-from lmcache.v1.gpu_connector.gpu_connectors import GPUConnectorInterface, VLLMPagedMemLayerwiseGPUConnector
-from lmcache.v1.gpu_connector.utils import normalize_kv_and_discover_format
-from lmcache.v1.memory_management import MemoryFormat
-
+from lmcache_ascend import _lmcache_compat as compat
 from lmcache_ascend.layouts import PagedKV, describe_chunk, describe_paged
 from lmcache_ascend.transfer import GATHER, SCATTER, slot_view, transfer_kv
 
 logger = logging.getLogger(__name__)
 
-# LMCache's detected EngineKVFormat -> lmcache_ascend layout of one layer's tensor(s).
-_LAYOUT_OF_FORMAT = {
-    EngineKVFormat.NL_X_TWO_NB_BS_NH_HS: "flash_attn",     # [2, NB, BS, NH, HS]
-    EngineKVFormat.NL_X_NB_TWO_BS_NH_HS: "flashinfer",     # [NB, 2, BS, NH, HS]
-    EngineKVFormat.NL_X_NB_BS_HS: "mla",                   # [NB, BS, D]
-    EngineKVFormat.NL_X_TWO_NB_NH_BS_HS: "hnd",            # [2, NB, NH, BS, HS]
-    EngineKVFormat.NL_X_NB_TWO_NH_BS_HS: "flashinfer_hnd",  # [NB, 2, NH, BS, HS]
-    EngineKVFormat.NL_X_NB_NH_BS_CS: "cpu",                # [NB, NH, BS, 2*HS] vLLM CPU platform
-    EngineKVFormat.NL_X_NB_BS_NH_CS: "cpu_nhd",            # [NB, BS, NH, 2*HS]
-    EngineKVFormat.NL_X_TWO_X_NB_BS_NH_HS: "separate_kv",  # (K, V) [NB, BS, NH, HS] (vLLM-Ascend)
-}
+GPUConnectorInterface, VLLMPagedMemLayerwiseGPUConnector = compat.gpu_connector_bases()
+MemoryFormat = compat.MemoryFormat
 
 
 class PagedLayout:
     """The descriptor of vLLM's registered KV caches, found once and reused while they stay put."""
 
-    def __init__(self, layout_hints: Optional[dict]) -> None:
-        self.layout_hints = layout_hints
+    def __init__(self, layout_hints: Optional[dict], hidden: int, use_mla: bool) -> None:
+        self.layout_hints, self.hidden, self.use_mla = layout_hints, hidden, use_mla
         self._key: Optional[tuple] = None
         self._paged: Optional[PagedKV] = None
 
@@ -51,17 +38,12 @@ class PagedLayout:
         first = kvcaches[0][0] if isinstance(kvcaches[0], (tuple, list)) else kvcaches[0]
         key = (len(kvcaches), first.data_ptr(), tuple(first.shape))
         if key != self._key:
-            fmt, normalized = normalize_kv_and_discover_format(list(kvcaches), EngineType.VLLM,
-                                                               layout_hints=self.layout_hints)
-            layout = _LAYOUT_OF_FORMAT.get(fmt)
-            if layout is None:
-                raise ValueError(f"vLLM's KV cache layout {fmt.name} (first layer: shape {list(first.shape)}, "
-                                 f"dtype {first.dtype}, device {first.device}) is not supported by lmcache-ascend; "
-                                 f"supported: {sorted(f.name for f in _LAYOUT_OF_FORMAT)}")
+            layout, normalized, found = compat.discover_kv_layout(kvcaches, hidden=self.hidden, use_mla=self.use_mla,
+                                                                  layout_hints=self.layout_hints)
             self._paged = describe_paged(normalized, layout, "kvcaches")
             self._key = key
             logger.info("lmcache-ascend: KV cache layout %s (%s), %d layers, %d blocks of %d tokens, on %s",
-                        layout, fmt.name, self._paged.num_layers, self._paged.num_blocks, self._paged.block_size,
+                        layout, found, self._paged.num_layers, self._paged.num_blocks, self._paged.block_size,
                         self._paged.device)
         assert self._paged is not None
         return self._paged
@@ -73,7 +55,7 @@ def _init_state(conn: Any, hidden_dim_size: int, num_layers: int, kwargs: dict, 
     conn.use_mla = kwargs.get("use_mla", False)
     conn.chunk_size, conn.dtype, conn.device = kwargs.get("chunk_size"), kwargs.get("dtype"), kwargs.get("device")
     conn.kvcaches = None
-    conn.layout = PagedLayout(kwargs.get("layout_hints"))
+    conn.layout = PagedLayout(kwargs.get("layout_hints"), hidden_dim_size, conn.use_mla)
     conn.memory_format = MemoryFormat.KV_MLA_FMT if conn.use_mla else kv_format
 
 
@@ -92,8 +74,8 @@ class PagedKVConnector(GPUConnectorInterface):
     @classmethod
     def from_metadata(cls, metadata: Any, use_gpu: bool = False, device: Any = None,
                       layout_hints: Optional[dict] = None) -> "PagedKVConnector":
-        shape = metadata.kv_shape  # (layers, 2 or 1, chunk, heads, head_size)
-        return cls(shape[3] * shape[4], shape[0], use_gpu, chunk_size=metadata.chunk_size, dtype=metadata.kv_dtype,
+        shape = metadata.kv_shape  # (layers, 2 or 1, chunk_size, kv heads, head_size) in every generation
+        return cls(shape[3] * shape[4], shape[0], use_gpu, chunk_size=shape[2], dtype=metadata.kv_dtype,
                    device=device, use_mla=metadata.use_mla, layout_hints=layout_hints)
 
     def get_shape(self, num_tokens: int) -> torch.Size:

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from lmcache.integration.vllm.lmcache_connector_v1 import LMCacheConnectorV1Dynamic
 
+from lmcache_ascend._lmcache_compat import CONNECTOR_TAKES_KV_CACHE_CONFIG, REMOTE_HEALTH_FALLBACK_POLICY
 from lmcache_ascend.integration.vllm.config import check_local_cpu_size, validate_extra_config
 from lmcache_ascend.integration.vllm.patches import apply_patches
 
@@ -26,7 +27,7 @@ __all__ = ["LMCacheAscendConnectorV1Dynamic"]
 
 class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
     """A vLLM KVConnectorBase_V1. Accepts vLLM 0.10's (vllm_config, role) and current vLLM's
-    (vllm_config, role, kv_cache_config) constructor calls."""
+    (vllm_config, role, kv_cache_config) constructor calls, over LMCache 0.5.x or 0.3.x."""
 
     def __init__(self, vllm_config: Any, role: Any, kv_cache_config: Optional[Any] = None) -> None:
         _show_our_logs()
@@ -37,7 +38,10 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
         _process_independent_hashing(ktc)
         _keep_local_tiers_when_remote_fails(ktc)
         apply_patches()
-        super().__init__(vllm_config, role, kv_cache_config)
+        if kv_cache_config is not None and CONNECTOR_TAKES_KV_CACHE_CONFIG:
+            super().__init__(vllm_config, role, kv_cache_config)
+        else:  # LMCache 0.3.x's connector takes (vllm_config, role) and never reads kv_cache_config
+            super().__init__(vllm_config, role)
 
     def bind_connector_metadata(self, connector_metadata: Any) -> None:
         # vLLM >= 0.32 may run start_load_kv after the forward pass; reset the per-step layerwise
@@ -68,10 +72,14 @@ def _show_our_logs() -> None:
 def _process_independent_hashing(ktc: Any) -> None:
     """Chunk keys must hash the same in every process (vLLM's scheduler and worker, other engines
     sharing Redis). LMCache's default, Python's builtin hash, only does so with PYTHONHASHSEED set;
-    without it a warm request finds nothing. Use vLLM's sha256_cbor then, unless the user chose."""
+    without it a warm request finds nothing. Use a vLLM hash LMCache can use then (sha256_cbor on
+    LMCache 0.5), unless the user chose; where the pair has none, say how to fix it."""
     import os
 
+    import vllm.utils
     from lmcache.integration.vllm.utils import lmcache_get_or_create_config
+
+    from lmcache_ascend._lmcache_compat import process_independent_hash
 
     extra = ktc.kv_connector_extra_config
     key = "lmcache.pre_caching_hash_algorithm"
@@ -79,20 +87,28 @@ def _process_independent_hashing(ktc: Any) -> None:
         return
     if lmcache_get_or_create_config().pre_caching_hash_algorithm != "builtin":
         return
+    algorithm = process_independent_hash(vllm.utils)
+    if algorithm is None:
+        logger.warning("lmcache-ascend: PYTHONHASHSEED is not set and this LMCache and vLLM pair has no chunk hash "
+                       "that is the same in every process, so a restarted engine or another engine sharing the "
+                       "store finds nothing: set PYTHONHASHSEED=0 for every vLLM process")
+        return
     if extra is None:
         ktc.kv_connector_extra_config = extra = {}
-    extra[key] = "sha256_cbor"
-    logger.info("lmcache-ascend: PYTHONHASHSEED is not set, so chunk keys use sha256_cbor (set %s to choose)", key)
+    extra[key] = algorithm
+    logger.info("lmcache-ascend: PYTHONHASHSEED is not set, so chunk keys use %s (set %s to choose)", algorithm, key)
 
 
 def _keep_local_tiers_when_remote_fails(ktc: Any) -> None:
     """With a remote store, LMCache's default health policy ("recompute") turns off every tier,
     local CPU included, for minutes after one failed check. Keep the local tiers serving instead
-    (fallback_policy: local_cpu), unless the user chose a policy."""
+    (fallback_policy: local_cpu), unless the user chose a policy. LMCache 0.3.x has no such policy."""
     import json
 
     from lmcache.integration.vllm.utils import lmcache_get_or_create_config
 
+    if not REMOTE_HEALTH_FALLBACK_POLICY:
+        return
     config = lmcache_get_or_create_config()
     extra = ktc.kv_connector_extra_config or {}
     if not (extra.get("lmcache.remote_url") or config.remote_url):

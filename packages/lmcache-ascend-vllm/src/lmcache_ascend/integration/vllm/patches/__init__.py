@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from lmcache_ascend.integration.vllm.patches import (
     patch_gpu_connector_factory,
+    patch_lmcache03_engine,
     patch_local_cpu_allocator,
     patch_remote_backend_warnings,
 )
 
-PATCHES = (patch_gpu_connector_factory, patch_local_cpu_allocator, patch_remote_backend_warnings)
+# Each patch applies only to the LMCache generation it names (and returns at once on the other).
+PATCHES = (patch_gpu_connector_factory, patch_lmcache03_engine, patch_local_cpu_allocator,
+           patch_remote_backend_warnings)
 
 
 def apply_patches() -> None:

@@ -7,7 +7,7 @@ Why: `lmcache.v1.gpu_connector.CreateGPUConnector` knows cuda, xpu, musa and hpu
 How: rebind `CreateGPUConnector` in `lmcache.v1.gpu_connector` (vLLM's service factory imports it
   from there at call time) to a wrapper that returns lmcache_ascend's PagedKVConnector /
   PagedKVLayerwiseConnector for vLLM on cpu and npu, and calls the original otherwise.
-Versions: LMCache 0.5.x (checked against 0.5.6).
+Versions: LMCache 0.5.x (checked against 0.5.6); 0.3.x has no factory (patch_lmcache03_engine).
 Remove when: LMCache's factory offers a device-plugin hook for connectors; register through it.
 """
 from __future__ import annotations
@@ -19,6 +19,10 @@ DEVICES = ("cpu", "npu")
 
 
 def apply() -> None:
+    from lmcache_ascend._lmcache_compat import HAS_GPU_CONNECTOR_FACTORY
+
+    if not HAS_GPU_CONNECTOR_FACTORY:  # LMCache 0.3.x: patch_lmcache03_engine
+        return
     import lmcache
     import lmcache.v1.gpu_connector as factory_module
 

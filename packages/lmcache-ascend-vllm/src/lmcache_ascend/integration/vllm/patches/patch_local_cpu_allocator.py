@@ -8,7 +8,8 @@ How: while `LocalCPUBackend.initialize_allocator` runs, the name `MixedMemoryAll
   module resolves to a factory that builds a PinnedArenaAllocator (a MixedMemoryAllocator
   subclass, so LMCache's isinstance checks hold) for the plain pool, and LMCache's own class for
   the paged variants (NIXL, io_uring) it builds with use_paging=True.
-Versions: LMCache 0.5.x (checked against 0.5.6).
+Versions: LMCache 0.5.x (checked against 0.5.6) and 0.3.7 (same method, called without
+  use_paging); 0.3.3 has no initialize_allocator and is left alone.
 Remove when: LMCache lets a config key or device plugin choose the local CPU allocator.
 """
 from __future__ import annotations
@@ -23,9 +24,9 @@ def apply() -> None:
     import lmcache.v1.storage_backend.local_cpu_backend as module
 
     backend = module.LocalCPUBackend
-    original = backend.initialize_allocator
-    if getattr(original, _MARK, False):
-        return
+    original = getattr(backend, "initialize_allocator", None)
+    if original is None or getattr(original, _MARK, False):  # None: LMCache 0.3.3, which takes its allocator
+        return                                                # from the caller (and is CUDA-only there)
     upstream = module.MixedMemoryAllocator
 
     def arena_unless_paged(size: int, use_paging: bool = False, **kwargs: Any) -> Any:
