@@ -1,0 +1,15 @@
+// The checks every backend runs before a KV transfer moves a byte: descriptor, buffer extents and
+// every slot that will move. The CPU backend runs them inside transfer_kv; the NPU backend runs
+// them on a host copy of the slot mapping before it launches a kernel.
+#pragma once
+
+#include "lmcache_ascend/status.hpp"
+#include "lmcache_ascend/transfer.hpp"
+
+namespace lmcache_ascend {
+
+// OK when transfer_kv(request) would move bytes without touching anything outside the paged cache
+// and the chunks; otherwise the error transfer_kv would return. request.slots must be host memory.
+Status validate_transfer_request(const TransferRequest& request);
+
+}  // namespace lmcache_ascend
