@@ -216,7 +216,9 @@ def tests_lmcache037(session: nox.Session) -> None:
     """LMCache 0.3.7 for real (the seed's release): its LMCacheEngine storing and retrieving through our
     connector classes and allocator on the CPU, and its own allocator tests."""
     install_stack(session, "0.3.7")
-    session.install("--no-deps", str(ROOT / "packages" / "lmcache-ascend-vllm"))
+    # What 0.3.7's cache engine imports on its way to the local CPU backend.
+    session.install("aiofile", "pyzmq", "safetensors", "redis", "transformers", *_pip_args())
+    session.install("--no-deps", str(VLLM_PKG))
     run_tests(session, CORE / "tests", "torch", "lmcache-ascend-core", "lmcache",
               files=["test_lmcache_allocator.py", "test_lmcache_allocator_upstream.py"])
     run_tests(session, VLLM_PKG / "tests", "torch", "lmcache", files=["test_lmcache037_engine.py"])

@@ -187,6 +187,7 @@ def discover_kv_layout(kvcaches: Any, *, hidden: int, use_mla: bool,
     Returns (lmcache_ascend layout name, the per-layer entries to describe, what was recognised
     for logs). hidden: heads * head_size of LMCache's memory objects (the latent size for MLA).
     """
+    first = first_tensor(kvcaches)
     try:
         detect = importlib.import_module("lmcache.v1.gpu_connector.utils").normalize_kv_and_discover_format
         engine_type = importlib.import_module("lmcache.utils").EngineType
@@ -195,14 +196,16 @@ def discover_kv_layout(kvcaches: Any, *, hidden: int, use_mla: bool,
     fmt, normalized = detect(list(kvcaches), engine_type.VLLM, layout_hints=layout_hints)
     layout = LAYOUT_OF_ENGINE_FORMAT.get(fmt.name)
     if layout is None:
-        first = _first_tensor(kvcaches)
         raise ValueError(f"vLLM's KV cache layout {fmt.name} (first layer: shape {list(first.shape)}, dtype "
                          f"{first.dtype}, device {first.device}) is not supported by lmcache-ascend; supported: "
                          f"{sorted(LAYOUT_OF_ENGINE_FORMAT)}")
     return layout, normalized, fmt.name
 
 
-def _first_tensor(kvcaches: Any) -> Any:
+def first_tensor(kvcaches: Any) -> Any:
+    """The first layer's tensor (its K tensor where layers are (K, V) pairs)."""
+    if not len(kvcaches):
+        raise ValueError("kvcaches: no layers given; pass vLLM's KV caches, one tensor (or (K, V) pair) per layer")
     return kvcaches[0][0] if isinstance(kvcaches[0], (tuple, list)) else kvcaches[0]
 
 
@@ -214,15 +217,15 @@ def _layout_from_shapes(kvcaches: list, hidden: int, use_mla: bool) -> tuple[str
         shapes = [tuple(t.shape) for t in entry]
         if len(shapes) == 2 and all(len(s) == 4 and s[2] * s[3] == hidden for s in shapes) and not use_mla:
             return "separate_kv", kvcaches, f"(K, V) pairs of [NB, BS, NH, HS] = {list(shapes[0])}"
-        layout = None
     else:
         shape = tuple(entry.shape)
         layout = _single_tensor_layout(shape, hidden, use_mla)
         if layout is not None:
             return layout, kvcaches, f"{layout} {list(shape)}"
         shapes = [shape]
+    described = " and ".join(str(list(s)) for s in shapes)
     raise ValueError(
-        f"kvcaches: cannot tell the layout of vLLM's KV cache (first layer: {' and '.join(map(str, map(list, shapes)))}, "
+        f"kvcaches: cannot tell the layout of vLLM's KV cache (first layer: {described}, "
         f"{'MLA' if use_mla else 'not MLA'}, {hidden} elements per token and K/V plane expected from LMCache's "
         "metadata) under LMCache 0.3.x; supported per layer: [2, NB, BS, NH, HS] (flash-attn), "
         "[NB, 2, BS, NH, HS] (flashinfer), [NB, NH, BS, 2*HS] or [NB, BS, NH, 2*HS] (vLLM CPU), "

@@ -35,7 +35,7 @@ class PagedLayout:
         self._paged: Optional[PagedKV] = None
 
     def of(self, kvcaches: Any) -> PagedKV:
-        first = kvcaches[0][0] if isinstance(kvcaches[0], (tuple, list)) else kvcaches[0]
+        first = compat.first_tensor(kvcaches)
         key = (len(kvcaches), first.data_ptr(), tuple(first.shape))
         if key != self._key:
             layout, normalized, found = compat.discover_kv_layout(kvcaches, hidden=self.hidden, use_mla=self.use_mla,
