@@ -9,6 +9,23 @@ import torch
 
 LAYOUTS = ["flash_attn", "flashinfer", "separate_kv", "cpu", "cpu_nhd", "hnd", "flashinfer_hnd", "separate_kv_hnd",
            "packed_hnd", "packed_nhd", "mla"]
+# Layers made of several planes of different widths, whose columns follow each other in the memory
+# object's hidden dimension: layout -> planes per layer.
+GROUP_LAYOUTS = {"mla_rope": 2, "dsa": 3, "mla_planes": None}
+# Ascend 310P NZ caches: a K/V pair (or a merged [2, ...] tensor) of [NB, hidden/C0, BS, C0], C0 = 32 bytes.
+NZ_LAYOUTS = ["nz", "nz_merged"]
+# The HND layout each NZ layout is, with head_size = one fractal.
+_NZ_AS = {"nz": "separate_kv_hnd", "nz_merged": "hnd"}
+
+
+def nz_fractal(dtype: torch.dtype) -> int:
+    """Elements per NZ fractal column: 32 bytes."""
+    return 32 // torch.empty((), dtype=dtype).element_size()
+
+
+def make_planes(nb: int, bs: int, widths, dtype: torch.dtype, gen: torch.Generator, head_axis: bool = True):
+    """One layer of a plane-group layout: [NB, BS, 1, W] (or [NB, BS, W]) per width."""
+    return tuple(random_tensor((nb, bs, 1, w) if head_axis else (nb, bs, w), dtype, gen) for w in widths)
 
 
 def make_layer(layout: str, nb: int, bs: int, nh: int, hs: int, dtype: torch.dtype, gen: torch.Generator):
@@ -24,9 +41,11 @@ def make_layer(layout: str, nb: int, bs: int, nh: int, hs: int, dtype: torch.dty
         "packed_nhd": [(nb, bs, nh, 2 * hs)],
         "separate_kv_hnd": [(nb, nh, bs, hs)] * 2,
         "mla": [(nb, bs, nh * hs)],
+        "nz": [(nb, nh * hs // nz_fractal(dtype), bs, nz_fractal(dtype))] * 2,
+        "nz_merged": [(2, nb, nh * hs // nz_fractal(dtype), bs, nz_fractal(dtype))],
     }[layout]
     tensors = [random_tensor(s, dtype, gen) for s in shapes]
-    return tuple(tensors) if layout.startswith("separate") else tensors[0]
+    return tuple(tensors) if layout.startswith("separate") or layout == "nz" else tensors[0]
 
 
 def random_tensor(shape, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
@@ -36,7 +55,7 @@ def random_tensor(shape, dtype: torch.dtype, gen: torch.Generator) -> torch.Tens
 
 
 def planes(layout: str) -> int:
-    return 1 if layout in ("mla", "packed_hnd", "packed_nhd") else 2
+    return 1 if layout in ("mla", "packed_hnd", "packed_nhd", *GROUP_LAYOUTS) else 2
 
 
 def hidden(layout: str, nh: int, hs: int) -> int:
@@ -45,6 +64,10 @@ def hidden(layout: str, nh: int, hs: int) -> int:
 
 
 def to_canonical(layout: str, layer) -> torch.Tensor:
+    if layout in _NZ_AS:
+        return to_canonical(_NZ_AS[layout], layer)
+    if layout in GROUP_LAYOUTS:  # each plane's columns, one after the other
+        return torch.cat([t.reshape(t.shape[0] * t.shape[1], t.shape[-1]) for t in layer], dim=1)[None].clone()
     if layout == "flash_attn":
         p, nb, bs, nh, hs = layer.shape
         return layer.reshape(p, nb * bs, nh * hs).clone()
@@ -80,6 +103,11 @@ def to_canonical(layout: str, layer) -> torch.Tensor:
 
 def from_canonical(layout: str, canon: torch.Tensor, like):
     """Inverse of to_canonical, shaped like `like`."""
+    if layout in _NZ_AS:
+        return from_canonical(_NZ_AS[layout], canon, like)
+    if layout in GROUP_LAYOUTS:
+        widths = [t.shape[-1] for t in like]
+        return tuple(part.reshape(t.shape) for part, t in zip(canon[0].split(widths, dim=1), like))
     if layout == "flash_attn":
         return canon.reshape(like.shape)
     if layout == "flashinfer":

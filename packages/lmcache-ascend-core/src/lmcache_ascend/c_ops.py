@@ -11,6 +11,14 @@ from lmcache_ascend import ops as _ops
 
 # EngineKVFormat values (lmcache_ascend.engine_formats) standing for 0.3.x's layouts.
 _FLASH_ATTN, _FLASHINFER, _MLA = 1, 2, 3
+_MLA_PLANES = 17  # MLA layers as (latent, rope[, indexer key]) tuples (vllm-ascend DeepSeek)
+
+
+def _mla_format(key_value_ptrs) -> int:
+    """MLA caches come as one [NB, BS, D] tensor per layer, or (vllm-ascend) as a tuple of planes."""
+    if isinstance(key_value_ptrs, (list, tuple)) and key_value_ptrs and isinstance(key_value_ptrs[0], (list, tuple)):
+        return _MLA_PLANES
+    return _MLA
 
 
 def _direction(direction) -> int:
@@ -22,10 +30,12 @@ def _direction(direction) -> int:
 
 def multi_layer_kv_transfer(key_value, key_value_ptrs, slot_mapping, paged_memory_device,
                             page_buffer_size: int, direction: bool, use_mla: bool) -> None:
-    """All layers of one chunk; paged layers are [2, NB, BS, NH, HS] (or [NB, BS, D] with use_mla)."""
+    """All layers of one chunk; paged layers are [2, NB, BS, NH, HS] (or, with use_mla, [NB, BS, D]
+    or a (latent, rope[, indexer key]) tuple of [NB, BS, (1,) W_i] filling the columns of key_value
+    [1, L, T, sum of W_i] in that order)."""
     _ops.multi_layer_kv_transfer(
         key_value, key_value_ptrs, slot_mapping, paged_memory_device, page_buffer_size,
-        _direction(direction), _MLA if use_mla else _FLASH_ATTN,
+        _direction(direction), _mla_format(key_value_ptrs) if use_mla else _FLASH_ATTN,
         # 0.3.x addresses a layer as [2, page_buffer_size, hidden]: one block of all slots.
         block_size=page_buffer_size,
     )

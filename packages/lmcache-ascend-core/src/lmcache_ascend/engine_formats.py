@@ -22,6 +22,9 @@ class EngineFormat:
     hnd: bool               # heads ahead of tokens inside a block
     packed: bool            # K and V packed per head in the last axis (content = 2 * head_size)
     layout: str | None      # lmcache_ascend.layouts.ENGINE_LAYOUTS name of one layer's tensor
+    # A layer is a tuple of planes of different widths (lmcache_ascend.layouts.PLANE_GROUP_LAYOUTS),
+    # each filling its own columns of the MLA memory object: only describable from the tensors.
+    plane_groups: bool = False
 
 
 _FORMATS = [
@@ -36,6 +39,8 @@ _FORMATS = [
     EngineFormat(12, "NL_X_NB_NH_BS_CS", 1, 1, False, True, True, "packed_hnd"),
     EngineFormat(13, "NL_X_NB_BS_NH_CS", 1, 1, False, False, True, "packed_nhd"),
     EngineFormat(16, "NL_X_TWO_X_NB_BS_NH_HS", 2, 2, False, False, False, "separate_kv"),
+    # vllm-ascend MLA (latent, rope) / DSA (latent, rope, indexer key) tuples of [NB, BS, 1, W_i].
+    EngineFormat(17, "NL_X_NP_X_NB_BS_ONE_HS", 1, 1, False, False, False, "mla_planes", plane_groups=True),
 ]
 ENGINE_FORMATS = {f.value: f for f in _FORMATS}
 

@@ -72,6 +72,33 @@ def _layer_bases(key_value_ptrs: _Any, tensors_per_layer: int, num_layers: int):
     return addresses, None, None, None, None
 
 
+def _plane_groups(key_value_ptrs: _Any, fmt, num_layers: int, page_buffer_size: int):
+    """PlaneGroups of a format whose layers are tuples of planes of different widths: read from the
+    tensors themselves (addresses alone do not tell the widths)."""
+    entries = list(key_value_ptrs) if isinstance(key_value_ptrs, (list, tuple)) else None
+    if entries is None or any(isinstance(e, int) for e in entries):
+        raise ValueError(
+            f"key_value_ptrs: engine_kv_format {fmt.name} needs the per-layer plane tensors, not their addresses "
+            "(the planes' widths differ and cannot be read from pointers); pass a list with one (latent, rope"
+            "[, indexer key]) tuple of tensors per layer")
+    if entries and not isinstance(entries[0], (list, tuple)):
+        # LMCache's flat pointer order: every plane of layer 0, then of layer 1, ...
+        if num_layers < 1 or len(entries) % num_layers:
+            raise ValueError(f"key_value_ptrs has {len(entries)} tensors, not a multiple of the {num_layers} "
+                             "layers of key_value; pass one tuple of plane tensors per layer")
+        per_layer = len(entries) // num_layers
+        entries = [tuple(entries[i:i + per_layer]) for i in range(0, len(entries), per_layer)]
+    if len(entries) != num_layers:
+        raise ValueError(f"key_value_ptrs has {len(entries)} layers; key_value has {num_layers}")
+    paged = _describe_paged(entries, fmt.layout, "key_value_ptrs")
+    slots_per_plane = paged.members[0].num_slots
+    if page_buffer_size != slots_per_plane:
+        raise ValueError(f"page_buffer_size={page_buffer_size} but the planes in key_value_ptrs hold "
+                         f"{paged.members[0].num_blocks} blocks x {paged.members[0].block_size} = {slots_per_plane} "
+                         "slots; pass num_blocks * block_size of the KV cache")
+    return paged
+
+
 def multi_layer_kv_transfer(
     key_value, key_value_ptrs, slot_mapping, paged_memory_device, page_buffer_size: int, direction,
     engine_kv_format, block_size: int = 0, head_size: int = 0, skip_prefix_n_tokens: int = 0,
@@ -80,7 +107,8 @@ def multi_layer_kv_transfer(
     """Move all layers of one chunk between the paged KV cache and an LMCache memory object.
 
     key_value: [2, L, T, D] (KV_2LTD), or [1, L, T, D] for MLA and K/V-packed formats.
-    key_value_ptrs: per-layer paged tensors, or an int64 tensor of their addresses.
+    key_value_ptrs: per-layer paged tensors, or an int64 tensor of their addresses; for
+    NL_X_NP_X_NB_BS_ONE_HS one tuple of plane tensors per layer (D = the sum of their widths).
     slot_mapping[t] is the slot of token t (t < T; negative = skip); tokens t <
     skip_prefix_n_tokens are left alone. Validated in full before any byte moves.
     """
@@ -88,6 +116,13 @@ def multi_layer_kv_transfer(
     kind = _kernel_direction(direction)
     chunk = _describe_chunk(key_value, "KV_2LTD" if fmt.planes == 2 else "KV_MLA_FMT", "key_value",
                             writable=kind == _transfer.GATHER)
+    if fmt.plane_groups:
+        groups = _plane_groups(key_value_ptrs, fmt, chunk.num_layers, page_buffer_size)
+        if groups.device != _device_type(paged_memory_device):
+            raise ValueError(f"paged_memory_device={paged_memory_device} but the KV-cache tensors are on "
+                             f"{groups.device}")
+        _transfer.transfer_kv(groups, [(chunk, 0, chunk.num_tokens)], slot_mapping, kind, skip_prefix_n_tokens)
+        return
     addresses, extent, dtype, device, numel = _layer_bases(key_value_ptrs, fmt.tensors_per_layer, chunk.num_layers)
     if device is not None and device != _device_type(paged_memory_device):
         raise ValueError(f"paged_memory_device={paged_memory_device} but the KV-cache tensors are on {device}")
@@ -128,7 +163,8 @@ def single_layer_kv_transfer(
     """Move one layer (layerwise pipelining) between vLLM's paged layer and an LMCache buffer.
 
     lmc_key_value_cache: [T, 2, D] if token_major else [2, T, D]; [T, D] for MLA / K/V-packed.
-    vllm_key_value_cache: one layer in `engine_kv_format`'s shape.
+    vllm_key_value_cache: one layer in `engine_kv_format`'s shape (a tuple of plane tensors for
+    NL_X_NP_X_NB_BS_ONE_HS).
     """
     fmt = _engine_format(engine_kv_format)
     if fmt.layout is None or fmt.tensors_per_layer != 1:

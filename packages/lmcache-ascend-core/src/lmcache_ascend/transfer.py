@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from lmcache_ascend._native import transfer as _native
 from lmcache_ascend._tensors import TensorView, as_view, current_npu_stream
-from lmcache_ascend.layouts import ChunkView, PagedKV
+from lmcache_ascend.layouts import ChunkView, PagedKV, PlaneGroups
 
 GATHER = _native.GATHER    # paged -> LMCache (store)
 SCATTER = _native.SCATTER  # LMCache -> paged (retrieve)
@@ -70,33 +70,19 @@ def backend_for(kv_device: str, chunk_devices: Sequence[str], slot_device: str) 
         "in host memory (cpu) and on Ascend NPUs (npu)); keep the KV cache on one of those devices")
 
 
-def transfer_kv(
-    paged: PagedKV,
-    chunks: Sequence[tuple[ChunkView, int, int]],
-    slot_mapping: Any,
-    direction: int,
-    skip_prefix_n_tokens: int = 0,
-    fused: bool | None = None,
-) -> None:
-    """Move KV between `paged` and LMCache memory objects.
-
-    chunks: (memory object, token_begin, token_end) per object; the object holds tokens
-    [token_begin, token_end) of `slot_mapping`. GIL released while bytes move.
-    The backend follows the KV cache's device (backend_for). For an NPU cache with memory objects in
-    host memory, `fused` picks how the NPU reaches them: True stages through device memory with
-    one copy per touched range, False requires them registered with the device (zero-copy), None
-    (default) stages only the objects that are not registered. A gather into host memory returns
-    once the host holds the data; other NPU transfers are queued on the current NPU stream.
-    """
-    slots = slot_view(slot_mapping)
-    backend = backend_for(paged.device, [chunk.view.device for chunk, _, _ in chunks], slots.device)
-    native_chunks = []
+def _check_chunks(paged: PagedKV | PlaneGroups, chunks: Sequence[tuple[ChunkView, int, int]],
+                  slots: TensorView) -> None:
+    """Checks that need tensor metadata of both sides; raised before anything moves."""
     for i, (chunk, begin, end) in enumerate(chunks):
         arg = "memory object" if len(chunks) == 1 else f"memory object {i}"
         if chunk.view.dtype != paged.dtype:
             raise TypeError(f"{arg}: dtype {chunk.view.dtype} differs from the KV cache dtype {paged.dtype}; "
                             "allocate LMCache memory objects with the engine's KV dtype")
         if chunk.hidden != paged.hidden:
+            if isinstance(paged, PlaneGroups):
+                widths = " + ".join(str(m.hidden) for m in paged.members)
+                raise ValueError(f"{arg}: hidden size {chunk.hidden} differs from the KV cache's planes "
+                                 f"({paged.layout}: {widths} = {paged.hidden} columns per token)")
             raise ValueError(f"{arg}: hidden size {chunk.hidden} differs from the KV cache's "
                              f"{paged.num_heads} heads x {paged.head_size} = {paged.hidden}")
         if chunk.num_planes != paged.num_planes:
@@ -110,17 +96,56 @@ def transfer_kv(
         if end - begin > chunk.num_tokens:
             raise ValueError(f"{arg}: has room for {chunk.num_tokens} tokens but {end - begin} "
                              f"(slot_mapping[{begin}:{end}]) were asked for")
-        native_chunks.append((chunk.view.address, begin, end, chunk.view.end_address - chunk.view.address,
-                              chunk.plane_stride, chunk.layer_stride, chunk.token_stride))
-    if not native_chunks:
+
+
+def native_request(paged: PagedKV | PlaneGroups, chunks: Sequence[tuple[ChunkView, int, int]]):
+    """(pages, chunk lists) for the native bindings: one entry per plane group.
+
+    A group whose rows fill the chunk columns [column, column + width) sees every chunk from its
+    column on: base moved `column` elements in, extent shortened by as much; the chunk's own strides
+    (token stride = the full hidden) stay.
+    """
+    pages, chunk_lists = [], []
+    for page, column in paged.groups:
+        pages.append((page.plane_bases, page.itemsize, page.num_layers, page.num_planes, page.num_blocks,
+                      page.block_size, page.num_heads, page.head_size, page.block_stride, page.head_stride,
+                      page.token_stride, page.extent_elems))
+        offset = column * page.itemsize
+        chunk_lists.append([(chunk.view.address + offset, begin, end,
+                             chunk.view.end_address - chunk.view.address - offset,
+                             chunk.plane_stride, chunk.layer_stride, chunk.token_stride)
+                            for chunk, begin, end in chunks])
+    return pages, chunk_lists
+
+
+def transfer_kv(
+    paged: PagedKV | PlaneGroups,
+    chunks: Sequence[tuple[ChunkView, int, int]],
+    slot_mapping: Any,
+    direction: int,
+    skip_prefix_n_tokens: int = 0,
+    fused: bool | None = None,
+) -> None:
+    """Move KV between `paged` and LMCache memory objects.
+
+    chunks: (memory object, token_begin, token_end) per object; the object holds tokens
+    [token_begin, token_end) of `slot_mapping`. GIL released while bytes move.
+    paged: one layout, or PlaneGroups (several tensors per layer, each filling its own columns of
+    the memory object's hidden): every group is validated before the first byte of any moves.
+    The backend follows the KV cache's device (backend_for). For an NPU cache with memory objects in
+    host memory, `fused` picks how the NPU reaches them: True stages through device memory with
+    one copy per touched range, False requires them registered with the device (zero-copy), None
+    (default) stages only the objects that are not registered. A gather into host memory returns
+    once the host holds the data; other NPU transfers are queued on the current NPU stream, all
+    plane groups in one launch.
+    """
+    slots = slot_view(slot_mapping)
+    backend = backend_for(paged.device, [chunk.view.device for chunk, _, _ in chunks], slots.device)
+    _check_chunks(paged, chunks, slots)
+    if not chunks:
         return
-    args = (
-        paged.plane_bases, paged.itemsize, paged.num_layers, paged.num_planes,
-        paged.num_blocks, paged.block_size, paged.num_heads, paged.head_size,
-        paged.block_stride, paged.head_stride, paged.token_stride, paged.extent_elems,
-        native_chunks, slots.address, slots.shape[0], slots.itemsize,
-        skip_prefix_n_tokens, direction,
-    )
+    pages, chunk_lists = native_request(paged, chunks)
+    args = (pages, chunk_lists, slots.address, slots.shape[0], slots.itemsize, skip_prefix_n_tokens, direction)
     if backend == CPU:
         _native.transfer_kv(*args)
     else:
