@@ -51,16 +51,21 @@ LAYER_SHAPES = {
     "flashinfer": (NB, 2, BS, NH, HS),
     "separate_kv": (NB, BS, NH, HS),        # vLLM-Ascend: K and V tensors per layer
     "mla": (NB, BS, MLA_D),
+    # vLLM-Ascend DeepSeek MLA: a (latent, rope) tuple per layer, side by side in LMCache's MLA object.
+    "mla_rope": ((NB, BS, 1, 64), (NB, BS, 1, MLA_D - 64)),
 }
+MLA_LAYOUTS = ("mla", "mla_rope")
 
 
 def make_caches(layout: str, seed: int) -> list:
     g = torch.Generator().manual_seed(seed)
 
-    def rand():
-        t = torch.randn(LAYER_SHAPES[layout], generator=g).to(DTYPE)
+    def rand(shape=LAYER_SHAPES[layout]):
+        t = torch.randn(shape, generator=g).to(DTYPE)
         return t.transpose(2, 3) if layout == "flash_attn_hnd" else t
 
+    if layout == "mla_rope":
+        return [tuple(rand(shape) for shape in LAYER_SHAPES[layout]) for _ in range(NL)]
     return [(rand(), rand()) if layout == "separate_kv" else rand() for _ in range(NL)]
 
 
@@ -69,6 +74,8 @@ def token_rows(layout: str, layer) -> torch.Tensor:
     slots = NB * BS
     if layout == "mla":
         return layer.reshape(1, slots, MLA_D)
+    if layout == "mla_rope":
+        return torch.cat([plane.reshape(slots, -1) for plane in layer], dim=1).reshape(1, slots, MLA_D)
     if layout == "cpu":
         k, v = layer[..., :HS], layer[..., HS:]
         planes = [p.permute(0, 2, 1, 3) for p in (k, v)]
@@ -133,7 +140,7 @@ def engines():
 
 
 def build(engines, layout: str, layerwise: bool = False):
-    return engines(layout == "mla", layerwise)
+    return engines(layout in MLA_LAYOUTS, layerwise)
 
 
 class _NoScheduler:
@@ -222,7 +229,7 @@ def test_masked_store_and_masked_retrieve(engines):
     assert not got[:, :, :2 * CHUNK].any()
 
 
-@pytest.mark.parametrize("layout", ["cpu", "flash_attn", "separate_kv", "mla"])
+@pytest.mark.parametrize("layout", ["cpu", "flash_attn", "separate_kv", "mla", "mla_rope"])
 def test_layerwise_store_and_retrieve_generators(engines, layout):
     engine = build(engines, layout, layerwise=True)
     caches = make_caches(layout, seed=7)

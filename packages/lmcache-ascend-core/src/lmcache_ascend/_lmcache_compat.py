@@ -108,6 +108,8 @@ def buffer_allocate(allocator: Any, shapes: Any, dtypes: Any, fmt: Any, batch_si
 #   LMCacheEngineConfig dataclass.
 # - 5: vLLM's adapter builds its GPU connector through lmcache.v1.gpu_connector.CreateGPUConnector;
 #   3: lmcache.integration.vllm.vllm_v1_adapter builds a CUDA one inline (no factory to extend).
+# - The vLLM integration's config: lmcache.integration.vllm.utils.lmcache_get_or_create_config
+#   (5, 0.3.7); lmcache_get_config (0.3.3).
 # =============================================================================================
 CONNECTOR_TAKES_KV_CACHE_CONFIG = GENERATION == 5
 REMOTE_HEALTH_FALLBACK_POLICY = GENERATION == 5
@@ -122,6 +124,13 @@ def process_independent_hash(vllm_utils: Any) -> str | None:
     if hasattr(vllm_utils, "sha256") and hasattr(vllm_utils, "sha256_cbor_64bit"):
         return "sha256_cbor_64bit"
     return None
+
+
+def vllm_integration_config(utils_module: Any) -> Any:
+    """LMCache's config as its vLLM integration reads it, given `lmcache.integration.vllm.utils`
+    (passed in: that module imports vLLM, which the core never does)."""
+    getter = getattr(utils_module, "lmcache_get_or_create_config", None) or utils_module.lmcache_get_config
+    return getter()
 
 
 def lmcache_setting_names() -> set[str]:
@@ -168,6 +177,7 @@ LAYOUT_OF_ENGINE_FORMAT = {
     "NL_X_NB_NH_BS_CS": "cpu",                # [NB, NH, BS, 2*HS] vLLM CPU platform
     "NL_X_NB_BS_NH_CS": "cpu_nhd",            # [NB, BS, NH, 2*HS]
     "NL_X_TWO_X_NB_BS_NH_HS": "separate_kv",  # (K, V) [NB, BS, NH, HS] each (vLLM-Ascend)
+    "NL_X_NP_X_NB_BS_ONE_HS": "mla_planes",   # (latent, rope[, indexer]) [NB, BS, 1, W_i] (vLLM-Ascend MLA/DSA)
 }
 
 
@@ -217,6 +227,9 @@ def _layout_from_shapes(kvcaches: list, hidden: int, use_mla: bool) -> tuple[str
         shapes = [tuple(t.shape) for t in entry]
         if len(shapes) == 2 and all(len(s) == 4 and s[2] * s[3] == hidden for s in shapes) and not use_mla:
             return "separate_kv", kvcaches, f"(K, V) pairs of [NB, BS, NH, HS] = {list(shapes[0])}"
+        if use_mla and all(len(s) in (3, 4) and s[2:-1] in ((), (1,)) for s in shapes) \
+                and sum(s[-1] for s in shapes) == hidden:
+            return "mla_planes", kvcaches, f"MLA plane tuples {[list(s) for s in shapes]}"
     else:
         shape = tuple(entry.shape)
         layout = _single_tensor_layout(shape, hidden, use_mla)
@@ -229,7 +242,8 @@ def _layout_from_shapes(kvcaches: list, hidden: int, use_mla: bool) -> tuple[str
         f"{'MLA' if use_mla else 'not MLA'}, {hidden} elements per token and K/V plane expected from LMCache's "
         "metadata) under LMCache 0.3.x; supported per layer: [2, NB, BS, NH, HS] (flash-attn), "
         "[NB, 2, BS, NH, HS] (flashinfer), [NB, NH, BS, 2*HS] or [NB, BS, NH, 2*HS] (vLLM CPU), "
-        "a (K, V) pair of [NB, BS, NH, HS] (vLLM-Ascend), [NB, BS, D] with use_mla. Check that the model's "
+        "a (K, V) pair of [NB, BS, NH, HS] (vLLM-Ascend), [NB, BS, D] with use_mla, a tuple of [NB, BS, 1, W_i] "
+        "planes with use_mla (vLLM-Ascend MLA / DSA, the W_i summing to D). Check that the model's "
         "kv heads x head_size (LMCache metadata kv_shape) match the cache, or upgrade to LMCache 0.5.x")
 
 

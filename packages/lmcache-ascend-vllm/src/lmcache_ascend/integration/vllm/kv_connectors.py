@@ -11,7 +11,6 @@ layout: chunks stored by a CPU engine are readable by any other engine sharing t
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any, Optional
 
 import torch
@@ -57,12 +56,6 @@ def _init_state(conn: Any, hidden_dim_size: int, num_layers: int, kwargs: dict, 
     conn.kvcaches = None
     conn.layout = PagedLayout(kwargs.get("layout_hints"), hidden_dim_size, conn.use_mla)
     conn.memory_format = MemoryFormat.KV_MLA_FMT if conn.use_mla else kv_format
-
-
-def _layer(paged: PagedKV, layer: int) -> PagedKV:
-    """The descriptor of one layer (for layerwise transfers)."""
-    planes = paged.num_planes
-    return replace(paged, plane_bases=paged.plane_bases[layer * planes:(layer + 1) * planes], num_layers=1)
 
 
 class PagedKVConnector(GPUConnectorInterface):
@@ -146,7 +139,7 @@ class PagedKVLayerwiseConnector(VLLMPagedMemLayerwiseGPUConnector):
         skip = kwargs.get("vllm_cached_tokens", 0)
         for layer in range(self.num_layers):
             memory_objs_layer = yield
-            transfer_kv(_layer(paged, layer), self._layer_chunks(memory_objs_layer, starts, ends, False), slots,
+            transfer_kv(paged.layer(layer), self._layer_chunks(memory_objs_layer, starts, ends, False), slots,
                         SCATTER, skip)
         yield  # the upstream protocol: one more step after the last layer ...
         yield  # ... and a final one once everything has landed (synchronous here)
@@ -154,7 +147,7 @@ class PagedKVLayerwiseConnector(VLLMPagedMemLayerwiseGPUConnector):
     def batched_from_gpu(self, memory_objs: list, starts: list, ends: list, **kwargs: Any):
         paged, slots = self._prepare(kwargs)
         for layer in range(self.num_layers):
-            transfer_kv(_layer(paged, layer), self._layer_chunks(memory_objs[layer], starts, ends, True), slots, GATHER)
+            transfer_kv(paged.layer(layer), self._layer_chunks(memory_objs[layer], starts, ends, True), slots, GATHER)
             for obj in memory_objs[layer]:
                 obj.metadata.fmt = self.memory_format
             yield
