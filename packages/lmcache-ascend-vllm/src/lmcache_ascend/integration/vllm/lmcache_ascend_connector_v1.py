@@ -77,7 +77,6 @@ def _process_independent_hashing(ktc: Any) -> None:
     import os
 
     import vllm.utils
-    from lmcache.integration.vllm.utils import lmcache_get_or_create_config
 
     from lmcache_ascend._lmcache_compat import process_independent_hash
 
@@ -85,7 +84,7 @@ def _process_independent_hashing(ktc: Any) -> None:
     key = "lmcache.pre_caching_hash_algorithm"
     if key in (extra or {}) or os.environ.get("PYTHONHASHSEED") is not None:
         return
-    if lmcache_get_or_create_config().pre_caching_hash_algorithm != "builtin":
+    if _lmcache_config().pre_caching_hash_algorithm != "builtin":
         return
     algorithm = process_independent_hash(vllm.utils)
     if algorithm is None:
@@ -105,11 +104,9 @@ def _keep_local_tiers_when_remote_fails(ktc: Any) -> None:
     (fallback_policy: local_cpu), unless the user chose a policy. LMCache 0.3.x has no such policy."""
     import json
 
-    from lmcache.integration.vllm.utils import lmcache_get_or_create_config
-
     if not REMOTE_HEALTH_FALLBACK_POLICY:
         return
-    config = lmcache_get_or_create_config()
+    config = _lmcache_config()
     extra = ktc.kv_connector_extra_config or {}
     if not (extra.get("lmcache.remote_url") or config.remote_url):
         return
@@ -124,9 +121,15 @@ def _keep_local_tiers_when_remote_fails(ktc: Any) -> None:
 
 
 def _check_pool_size(extra: dict) -> None:
-    from lmcache.integration.vllm.utils import lmcache_get_or_create_config
-
     if "lmcache.max_local_cpu_size" in extra:
         check_local_cpu_size(extra["lmcache.max_local_cpu_size"], "kv_connector_extra_config lmcache.max_local_cpu_size")
     else:
-        check_local_cpu_size(lmcache_get_or_create_config().max_local_cpu_size, "LMCache max_local_cpu_size")
+        check_local_cpu_size(_lmcache_config().max_local_cpu_size, "LMCache max_local_cpu_size")
+
+
+def _lmcache_config() -> Any:
+    from lmcache.integration.vllm import utils
+
+    from lmcache_ascend._lmcache_compat import vllm_integration_config
+
+    return vllm_integration_config(utils)
