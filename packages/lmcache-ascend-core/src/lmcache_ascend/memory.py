@@ -235,9 +235,10 @@ def _free(ptr: int, name: str) -> None:
                          "or already freed")
 
 
-def alloc_pinned_ptr(size: int, flags: int = 0) -> int:
+def alloc_pinned_ptr(size: int, device_id: int = 0) -> int:
     """Zeroed host memory, page-locked and device-registered when a device backend is present.
-    `flags` is accepted for LMCache's signature (cudaHostAlloc flags) and ignored."""
+    Parameter names are LMCache's (DeviceOps binds by name). `device_id`: LMCache passes the device
+    its worker runs on, which is the current NPU that registration maps the pages for."""
     return _alloc(size, None)
 
 
@@ -245,9 +246,9 @@ def free_pinned_ptr(ptr: int) -> None:
     _free(ptr, "free_pinned_ptr")
 
 
-def alloc_pinned_numa_ptr(size: int, node: int = 0) -> int:
-    """Like alloc_pinned_ptr, with the pages bound to NUMA node `node`."""
-    return _alloc(size, node)
+def alloc_pinned_numa_ptr(size: int, numa_id: int = 0) -> int:
+    """Like alloc_pinned_ptr, with the pages bound to NUMA node `numa_id`."""
+    return _alloc(size, numa_id)
 
 
 def free_pinned_numa_ptr(ptr: int, size: int | None = None) -> None:
