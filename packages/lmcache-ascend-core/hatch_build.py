@@ -95,7 +95,9 @@ class AscendBuild(NamedTuple):
              f"-DASCEND_CANN_PACKAGE_PATH={self.toolkit.home}", f"-DSOC_VERSION={self.soc}",
              f"-DASCEND_AICORE_ARCH={self.aicore_arch}", f"-DLMCACHE_ASCEND_INCLUDE={native / 'include'}",
              f"-DGLIBCXX_USE_CXX11_ABI={self.cxx11_abi}", "-DCMAKE_BUILD_TYPE=Release"],
-            ["cmake", "--build", str(build_dir), "-j"],
+            # A bounded job count: a bare -j is unlimited with Makefiles, and AscendC compiles are large.
+            ["cmake", "--build", str(build_dir), "-j", os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL")
+             or str(len(os.sched_getaffinity(0)))],
         ]
 
     def summary(self) -> str:
@@ -161,6 +163,9 @@ class NativeBuildHook(BuildHookInterface):
         native = _native_dir(root)
         # Decide first: a setting that cannot work fails before anything is compiled.
         ascend, decision = ascend_build_plan(os.environ)
+        if ascend is not None and shutil.which("cmake") is None:
+            raise RuntimeError("building the Ascend backend needs cmake >= 3.16 on PATH: `pip install cmake` "
+                               "(or your OS package), or LMCACHE_ASCEND_BACKEND=cpu to skip it")
         # A private build directory per build: concurrent builds of one checkout must not share objects.
         (root / "build").mkdir(exist_ok=True)
         out = Path(tempfile.mkdtemp(prefix="native-", dir=root / "build"))
@@ -199,9 +204,6 @@ class NativeBuildHook(BuildHookInterface):
         return lib
 
     def _build_ascend_library(self, ascend: AscendBuild, native: Path, out: Path) -> Path:
-        if shutil.which("cmake") is None:
-            raise RuntimeError("building the Ascend backend needs cmake >= 3.16 on PATH: `pip install cmake` "
-                               "(or your OS package), or LMCACHE_ASCEND_BACKEND=cpu to skip it")
         build_dir = out / "ascend"
         for cmd in ascend.cmake_commands(native, build_dir):
             self.app.display_debug("lmcache-ascend: " + shlex.join(cmd))

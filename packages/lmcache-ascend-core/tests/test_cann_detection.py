@@ -269,6 +269,7 @@ def hook():
 def hook_without_default_toolkit(hook, monkeypatch, tmp_path):
     monkeypatch.setattr(hook.cann, "DEFAULT_TOOLKIT_HOME", tmp_path / "no-toolkit-here")
     monkeypatch.setenv("PATH", str(tmp_path))  # and no npu-smi
+    monkeypatch.delenv("CMAKE_BUILD_PARALLEL_LEVEL", raising=False)
     return hook
 
 
@@ -284,7 +285,7 @@ def test_plan_with_cann_builds_the_ascend_library_with_this_cmake_line(hook_with
         ["cmake", "-S", "/src/native/ascend", "-B", "/tmp/native-x/ascend", f"-DASCEND_CANN_PACKAGE_PATH={home}",
          "-DSOC_VERSION=Ascend910B3", "-DASCEND_AICORE_ARCH=220", "-DLMCACHE_ASCEND_INCLUDE=/src/native/include",
          "-DGLIBCXX_USE_CXX11_ABI=0", "-DCMAKE_BUILD_TYPE=Release"],
-        ["cmake", "--build", "/tmp/native-x/ascend", "-j"],
+        ["cmake", "--build", "/tmp/native-x/ascend", "-j", str(len(os.sched_getaffinity(0)))],
     ]
 
 
