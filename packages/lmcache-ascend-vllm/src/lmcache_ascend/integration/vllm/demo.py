@@ -1,4 +1,5 @@
-"""The demo: a long prompt sent cold, then warm, through vLLM on this machine's CPU with LMCache.
+"""The demo: a long prompt sent cold, then warm, through vLLM on this host (CPU, or an Ascend NPU with
+vllm-ascend) with LMCache.
 
     python -m lmcache_ascend.integration.vllm.demo [--tokens 2000] [--model-dir DIR]
 
@@ -36,7 +37,7 @@ def main() -> int:
     t0 = time.time()
     step(f"building the demo model in {args.model_dir} (random weights, local tokenizer) ...")
     model = demo_model.build(args.model_dir)
-    step(f"model ready ({time.time() - t0:.1f} s); starting vLLM on the CPU with LMCacheAscendConnectorV1Dynamic "
+    step(f"model ready ({time.time() - t0:.1f} s); starting vLLM with LMCacheAscendConnectorV1Dynamic "
          "(takes ~30 s) ...")
     t1 = time.time()
     llm = serving.start_llm(str(model), {"chunk_size": 256, "local_cpu": True, "max_local_cpu_size": 1.0})
