@@ -369,6 +369,19 @@ def test_mixed_devices_are_refused_by_name():
     assert all(not c.any() for c in host) and not mixed[1].any() and not key_value.any()
 
 
+def test_a_cache_on_another_npu_than_the_current_one_is_refused():
+    if torch.npu.device_count() < 2:
+        pytest.skip("needs two NPUs")
+    gen = torch.Generator().manual_seed(18)
+    other = (torch.npu.current_device() + 1) % torch.npu.device_count()
+    layers = [make_layer("flash_attn", NB, BS, NH, HS, torch.float16, gen).to(f"npu:{other}") for _ in range(NL)]
+    host = [torch.zeros(2, NL, CHUNK_TOKENS, NH * HS, dtype=torch.float16) for _ in BOUNDS]
+    slots = random_slots(NT, NB * BS, gen, torch.int64)
+    with pytest.raises(ValueError, match=rf"kv_caches: are on npu:{other} but the current NPU is .*set_device\({other}\)"):
+        transfer_kv(describe_paged(layers, "flash_attn"), chunk_refs(host, "flash_attn", GATHER), slots, GATHER)
+    assert all(not c.any() for c in host)
+
+
 # ---- the LMCache surfaces ----
 
 def _lmcache_version() -> tuple[int, int] | None:

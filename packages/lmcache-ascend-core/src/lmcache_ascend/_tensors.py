@@ -96,8 +96,11 @@ def _from_dlpack(obj: Any) -> Any:
         return numpy.from_dlpack(obj)
 
 
-def current_npu_stream() -> int:
+def current_npu_stream(device_index: int | None = None) -> int:
     """The aclrtStream of torch_npu's current stream, as an int, for kernels launched on the NPU.
+
+    device_index: the NPU the KV cache is on; kernels run on the current NPU, so another one is an
+    error (a launch there would address the cache through the wrong device).
 
     Looked up only when a transfer involves npu tensors, so torch_npu is never needed otherwise.
     Reading `npu_stream` goes through torch_npu's NPUStream::stream(), which first submits the ops
@@ -115,6 +118,10 @@ def current_npu_stream() -> int:
         raise RuntimeError(
             f"tensors are on an npu device but torch_npu cannot be imported ({exc}); install torch_npu "
             "matching your torch and CANN, and import it before using lmcache_ascend") from exc
+    if device_index is not None and device_index != npu.current_device():
+        raise ValueError(f"kv_caches: are on npu:{device_index} but the current NPU is npu:{npu.current_device()}; "
+                         f"KV transfers run on the current NPU's stream: call torch.npu.set_device({device_index}) "
+                         "in this thread first")
     return int(npu.current_stream().npu_stream)
 
 

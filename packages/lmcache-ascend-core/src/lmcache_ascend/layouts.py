@@ -80,6 +80,7 @@ class PagedKV:
     itemsize: int
     dtype: str
     device: str
+    device_index: int | None = None  # which NPU (torch's device index), None for host memory / unknown
 
     @property
     def hidden(self) -> int:
@@ -141,6 +142,10 @@ class PlaneGroups:
     @property
     def device(self) -> str:
         return self.members[0].device
+
+    @property
+    def device_index(self) -> int | None:
+        return self.members[0].device_index
 
     # Block geometry of the first plane (the latent; an indexer plane may have more blocks).
     @property
@@ -239,7 +244,7 @@ def _describe_layers(layers: Sequence[Sequence[tuple[str, Any]]], layout: str) -
         num_heads=first["H"][0] if "H" in first else 1, head_size=first["D"][0],
         block_stride=first["B"][1], head_stride=first["H"][1] if "H" in first else first["D"][0],
         token_stride=first["T"][1], extent_elems=extent, itemsize=ref.itemsize, dtype=ref.dtype,
-        device=ref.device,
+        device=ref.device, device_index=getattr(getattr(ref.owner, "device", None), "index", None),
     )
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from lmcache_ascend import envs
 from lmcache_ascend._native import transfer as _native
 from lmcache_ascend._tensors import TensorView, as_view, current_npu_stream
 from lmcache_ascend.layouts import ChunkView, PagedKV, PlaneGroups
+
+_native.set_num_threads(envs.num_threads())  # the thread pool every transfer below runs on
 
 GATHER = _native.GATHER    # paged -> LMCache (store)
 SCATTER = _native.SCATTER  # LMCache -> paged (retrieve)
@@ -135,7 +138,7 @@ def transfer_kv(
     The backend follows the KV cache's device (backend_for). For an NPU cache with memory objects in
     host memory, `fused` picks how the NPU reaches them: True stages through device memory with
     one copy per touched range, False requires them registered with the device (zero-copy), None
-    (default) stages only the objects that are not registered. A gather into host memory returns
+    (default) zero-copy when every memory object is registered, else stages the whole call. A gather into host memory returns
     once the host holds the data; other NPU transfers are queued on the current NPU stream, all
     plane groups in one launch.
     """
@@ -149,5 +152,5 @@ def transfer_kv(
     if backend == CPU:
         _native.transfer_kv(*args)
     else:
-        _native.transfer_kv_npu(*args, current_npu_stream(), slots.device == NPU,
+        _native.transfer_kv_npu(*args, current_npu_stream(paged.device_index), slots.device == NPU,
                                 chunks[0][0].view.device == CPU, fused)
