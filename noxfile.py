@@ -172,10 +172,17 @@ def print_versions(session: nox.Session, *dists: str) -> None:
     session.run("python", "-c", code, silent=False)
 
 
+def enter_tmp(session: nox.Session) -> None:
+    """cd into the session's temp dir, away from the sources (only installed wheels are importable).
+    create_tmp is relative to the current directory: taken from ROOT, so repeated calls do not nest."""
+    session.chdir(ROOT)
+    session.chdir(Path(session.create_tmp()).resolve())
+
+
 def run_tests(session: nox.Session, tests: Path, *dists: str, files: list[str] | None = None) -> None:
     """The one test runner: from a temp dir, so only the installed wheel is importable."""
     print_versions(session, *dists)
-    session.chdir(session.create_tmp())
+    enter_tmp(session)
     targets = [str(tests / f) for f in files] if files else [str(tests)]
     session.run("python", "-m", "pytest", *targets, "-c", str(ROOT / "pytest.ini"),
                 "--rootdir", str(tests), "-p", "no:cacheprovider", *session.posargs)
@@ -200,7 +207,7 @@ def build(session: nox.Session) -> None:
 def install_check(session: nox.Session) -> None:
     """A user's first step: pip install the core from source, no torch, no CANN; both surfaces import."""
     session.install(str(CORE), *_pip_args())
-    session.chdir(session.create_tmp())
+    enter_tmp(session)
     session.run("python", "-c", "import lmcache_ascend.ops, lmcache_ascend.c_ops, lmcache_ascend as m; "
                 "print('lmcache_ascend', m.__version__, 'threads', m.get_num_threads())")
     session.run("lmcache-ascend", "doctor")  # the first thing the docs tell users to run
@@ -336,7 +343,7 @@ def run_on_ascend(session: nox.Session, row: dict) -> None:
     run_contract_suites(session, row)
     if row["lmcache"].startswith("0.3."):
         run_tests(session, VLLM_PKG / "tests", "torch", "lmcache", files=["test_lmcache037_engine.py"])
-    session.chdir(session.create_tmp())
+    enter_tmp(session)
     session.run("python", "-m", "lmcache_ascend.integration.vllm.demo", external=True)
 
 
@@ -490,7 +497,7 @@ def bench(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The main job: a long prompt cold, then warm, through vLLM on the CPU with our connector."""
     install_vllm_stack(session)
-    session.chdir(session.create_tmp())
+    enter_tmp(session)
     session.run("python", "-m", "lmcache_ascend.integration.vllm.demo", *session.posargs)
 
 
