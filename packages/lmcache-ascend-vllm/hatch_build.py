@@ -14,9 +14,10 @@ from pathlib import Path
 from hatchling.metadata.plugin.interface import MetadataHookInterface
 
 CORE_RANGE = "lmcache-ascend-core>=0.1,<0.2"
-# LMCache is installed with its dependencies by users; its CUDA-only extras are not needed on CPU
-# or Ascend hosts (see the README for the --no-deps recipe). 0.3.7 and 0.5.x are the generations
-# docs/compatibility.md lists; 0.3.3's vLLM side needs CUDA and is refused at start with the fix.
+# LMCache is installed with its dependencies by users; its CUDA-only ones are not needed on CPU or
+# Ascend hosts (the --no-deps recipe: docs/deployment.md, "LMCache without its CUDA-only
+# dependencies"). 0.3.7 and 0.5.x are the generations docs/compatibility.md lists; 0.3.3's vLLM
+# side needs CUDA and is refused at start with the fix.
 LMCACHE_RANGE = "lmcache>=0.3.7,<0.6"
 
 

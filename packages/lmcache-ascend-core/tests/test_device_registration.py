@@ -253,6 +253,19 @@ def test_acl_path_registers_translates_and_unregisters_on_close(fake_runtime, tm
     assert out["after"] == [False, None] and out["status"][0] is None
 
 
+def test_register_true_enables_registration_and_locks_the_pool(fake_runtime, tmp_path):
+    """register=True turns registration on first, so lock='auto' sees it: a registered pool is locked."""
+    out, calls = run_child(fake_runtime, tmp_path, """
+        before = m.device_registrar_name()
+        pool = m.HostPool(4 << 20, register=True)
+        print(json.dumps(dict(before=before, registrar=m.device_registrar_name(), registered=pool.registered,
+                              locked=pool.locked, base=pool.base)))
+    """, FAKE_DRIVER_VERSION="25.0.rc1")
+    assert out["before"] is None and out["registrar"] == "ascend-acl"
+    assert out["registered"] and out["locked"]
+    assert fields(calls[1])[:2] == ["aclrtHostRegister", hex(out["base"])]
+
+
 def test_the_runtime_already_in_the_process_is_reused(fake_runtime, tmp_path):
     """torch_npu loads libascendcl.so first; a second copy from another path would not know its
     current device, so the registrar takes the loaded one (matched by soname) over the toolkit path,

@@ -174,6 +174,33 @@ def test_reader_closing_the_pipe_early_gives_no_traceback():
     assert proc.wait(timeout=120) == 1 and "Traceback" not in err, err
 
 
+def test_bad_thread_count_is_a_failed_check_not_a_traceback():
+    done = run_script("doctor", env=dict(os.environ, LMCACHE_ASCEND_NUM_THREADS="abc"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stdout.splitlines()
+    fail = next(i for i, line in enumerate(lines) if line.startswith("  fail  install"))
+    assert "LMCACHE_ASCEND_NUM_THREADS='abc' is invalid" in lines[fail]
+    assert "set LMCACHE_ASCEND_NUM_THREADS to an integer >= 0" in lines[fail + 1]
+    assert "host.pool" in done.stdout  # every other check still ran
+
+
+def test_bindings_that_do_not_load_are_a_failed_check_not_a_traceback(tmp_path):
+    """A damaged install (the CPU library gone): the doctor still starts and says how to reinstall."""
+    broken = tmp_path / "lmcache_ascend"
+    shutil.copytree(Path(lmcache_ascend.__file__).parent, broken)
+    (broken / "_native" / "liblmcache_ascend_cpu.so").unlink()
+    code = "import sys; from lmcache_ascend import cli; sys.exit(cli.main(['doctor', '--json']))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    checks = by_name(json.loads(done.stdout))
+    assert checks["install"]["details"]["path"] == str(broken)
+    cpu = checks["backend.cpu"]
+    assert cpu["status"] == "fail" and "host memory checks are skipped" in cpu["message"]
+    assert "--force-reinstall --no-deps --no-cache-dir ./packages/lmcache-ascend-core" in cpu["fix"]
+    assert not any(name.startswith("host.") or name == "device.registrar" for name in checks)
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--version"])
@@ -463,14 +490,23 @@ def test_closest_row_is_the_one_naming_the_installed_stack():
     assert check.fix == "install the closest row's versions: pip install torch==2.7.1"
 
 
-def test_python_leaves_the_matrix(tmp_path):
+def test_another_python_is_a_note_not_a_mismatch():
     other = "3.9" if PY != "3.9" else "3.8"
     rows = [dict(row("seed", torch="2.7.1"), python=other)]
     installed = {c: None for c in doctor.COMPONENTS}
     installed.update(lmcache=("lmcache", "0.3.7"), torch=("torch", "2.7.1"))
     check = doctor.check_matrix(rows, installed)
-    assert check.status == "warn" and check.details["mismatches"][0]["component"] == "python"
-    assert check.fix == f"install the closest row's versions: use Python {other}"
+    assert (check.status, check.details["matching"], check.fix) == ("ok", ["seed"], None)
+    note = f"note: checked on Python {other}, this is Python {platform.python_version()}"
+    assert check.details["python_note"] == note and check.message.endswith(f"({note})")
+
+    check = doctor.check_matrix(rows, dict(installed, torch=("torch", "2.13.0")))
+    assert check.status == "warn" and [m["component"] for m in check.details["mismatches"]] == ["torch"]
+    assert check.fix == "install the closest row's versions: pip install torch==2.7.1"
+    assert check.details["python_note"] == note
+
+    check = doctor.check_matrix(rows + [row("here", torch="2.7.1")], installed)  # one row on this Python
+    assert check.details["matching"] == ["seed", "here"] and check.details["python_note"] is None
 
 
 def test_nothing_installed_or_no_lmcache():

@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import itertools
-import re
 
 import pytest
 import torch
+from packaging.version import Version
 
-
-def _lmcache_version() -> str | None:
-    try:
-        return importlib.metadata.version("lmcache")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-LMCACHE_VERSION = _lmcache_version()
-_release = re.match(r"(\d+)\.(\d+)\.(\d+)", LMCACHE_VERSION or "")
-if _release is None or not (0, 3, 7) <= tuple(map(int, _release.groups())) < (0, 4, 0):
+LMCACHE_VERSION = next((dist.version for dist in importlib.metadata.distributions(name="lmcache")), None)
+if LMCACHE_VERSION is None or not Version("0.3.7") <= Version(LMCACHE_VERSION) < Version("0.4"):
     # 0.5.x: covered by test_connector.py and test_e2e_vllm.py. 0.3.3's engine cannot be built on a host
     # without CUDA (it imports its CUDA-linked lmcache.c_ops and asks torch.cuda for the device).
     pytest.skip(f"needs LMCache >= 0.3.7, < 0.4 (installed: {LMCACHE_VERSION})", allow_module_level=True)
@@ -34,7 +25,7 @@ from lmcache.v1.cache_engine import LMCacheEngineBuilder  # noqa: E402
 from lmcache.v1.config import LMCacheEngineConfig  # noqa: E402
 
 from lmcache_ascend.integration.vllm.kv_connectors import PagedKVConnector, PagedKVLayerwiseConnector  # noqa: E402
-from lmcache_ascend.integration.vllm.patches import patch_local_cpu_allocator  # noqa: E402
+from lmcache_ascend.integration.vllm.patches import patch_lmcache03_engine, patch_local_cpu_allocator  # noqa: E402
 from lmcache_ascend.memory import PinnedArenaAllocator  # noqa: E402
 
 NL, NB, BS, NH, HS, MLA_D = 3, 64, 16, 2, 64, 96
@@ -114,14 +105,14 @@ def engines():
             key = f"{INSTANCE}-{'mla' if mla else 'kv'}-{'layerwise' if layerwise else 'chunks'}"
             if key not in built:
                 kv_shape = (NL, 1, CHUNK, 1, MLA_D) if mla else (NL, 2, CHUNK, NH, HS)
-                # One worker. save_only_first_rank (on by default with MLA) would broadcast through CUDA.
                 metadata = LMCacheEngineMetadata("test-model", 1, 0, "vllm", DTYPE, kv_shape, mla)
                 # Layerwise retrieval in 0.3.7 reads its storage manager's async serializer, which only
                 # exists with async loading on (what vLLM's adapter then sets up through post_init).
                 config = LMCacheEngineConfig.from_defaults(
                     chunk_size=CHUNK, local_cpu=True, max_local_cpu_size=0.05, use_layerwise=layerwise,
-                    enable_async_loading=layerwise, remote_url=None, lmcache_instance_id=key,
-                    extra_config={"save_only_first_rank": False})
+                    enable_async_loading=layerwise, remote_url=None, lmcache_instance_id=key)
+                if mla:  # as the patched adapter does: LMCache's MLA default would broadcast through CUDA
+                    patch_lmcache03_engine.store_on_every_rank(config, "cpu")
                 cls = PagedKVLayerwiseConnector if layerwise else PagedKVConnector
                 connector = cls.from_metadata(metadata, device="cpu")
                 engine = LMCacheEngineBuilder.get_or_create(key, config, metadata, connector, _no_broadcast,
@@ -259,3 +250,16 @@ def test_layout_the_shapes_cannot_tell_is_refused_and_nothing_is_stored(engines)
     with pytest.raises(ValueError, match=r"kvcaches: cannot tell the layout .*\[64, 2048\]"):
         engine.store(tokens, kvcaches=caches, slot_mapping=slots)
     assert engine.lookup(tokens) == 0
+
+
+def test_mla_engine_stores_on_every_rank_unless_the_user_chose_first_rank_only(caplog):
+    default = LMCacheEngineConfig.from_defaults(chunk_size=CHUNK, remote_url=None)
+    with caplog.at_level("INFO", logger=patch_lmcache03_engine.__name__):
+        patch_lmcache03_engine.store_on_every_rank(default, "npu")
+    assert default.extra_config["save_only_first_rank"] is False
+    assert "save_only_first_rank set to False" in caplog.text
+
+    chosen = LMCacheEngineConfig.from_defaults(chunk_size=CHUNK, remote_url=None,
+                                               extra_config={"save_only_first_rank": True})
+    with pytest.raises(ValueError, match=r"save_only_first_rank=True .* set extra_config save_only_first_rank: false"):
+        patch_lmcache03_engine.store_on_every_rank(chosen, "npu")

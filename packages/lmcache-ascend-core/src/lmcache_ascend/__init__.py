@@ -4,10 +4,15 @@
 # (editable installs).
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
-from lmcache_ascend import envs as _envs
-from lmcache_ascend._native.transfer import get_num_threads, set_num_threads, usable_cpu_count
-
-set_num_threads(_envs.num_threads())
-
 __version__ = "0.1.0"
 __all__ = ["get_num_threads", "set_num_threads", "usable_cpu_count", "__version__"]
+
+
+def __getattr__(name: str):
+    # The native bindings load on first use, not with the package: `lmcache-ascend doctor` must be able
+    # to report a broken install or a bad LMCACHE_ASCEND_NUM_THREADS instead of dying on import.
+    if name in ("get_num_threads", "set_num_threads", "usable_cpu_count"):
+        from lmcache_ascend import transfer  # applies LMCACHE_ASCEND_NUM_THREADS
+
+        return getattr(transfer._native, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

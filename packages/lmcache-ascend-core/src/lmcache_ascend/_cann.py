@@ -34,6 +34,8 @@ ENV_VARS = {
     "LMCACHE_ASCEND_ACL_LIB": "path of libascendcl.so for host-memory registration (default: searched)",
     "LMCACHE_ASCEND_HAL_LIB": "path of libascend_hal.so (default: the driver's lib64/driver/)",
     "LMCACHE_ASCEND_DSMI_LIB": "path of libdrvdsmi_host.so, to read the driver version (default: the driver's)",
+    "ASCEND_RT_VISIBLE_DEVICES": "the NPUs this process sees (CANN's, read not set): registration through the "
+                                 "driver (halHostRegister) maps the current NPU's index to its physical id with it",
 }
 
 

@@ -183,10 +183,8 @@ LAYOUT_OF_ENGINE_FORMAT = {
 
 def gpu_connector_bases() -> tuple[type, type]:
     """(GPUConnectorInterface, VLLMPagedMemLayerwiseGPUConnector) of the installed LMCache."""
-    try:
-        module = importlib.import_module("lmcache.v1.gpu_connector.gpu_connectors")
-    except ImportError:  # 3: one module
-        module = importlib.import_module("lmcache.v1.gpu_connector")
+    module = importlib.import_module("lmcache.v1.gpu_connector.gpu_connectors" if GENERATION == 5
+                                     else "lmcache.v1.gpu_connector")  # 3: one module
     return module.GPUConnectorInterface, module.VLLMPagedMemLayerwiseGPUConnector
 
 
@@ -198,11 +196,10 @@ def discover_kv_layout(kvcaches: Any, *, hidden: int, use_mla: bool,
     for logs). hidden: heads * head_size of LMCache's memory objects (the latent size for MLA).
     """
     first = first_tensor(kvcaches)
-    try:
-        detect = importlib.import_module("lmcache.v1.gpu_connector.utils").normalize_kv_and_discover_format
-        engine_type = importlib.import_module("lmcache.utils").EngineType
-    except (ImportError, AttributeError):  # 3: no detection in LMCache
+    if GENERATION == 3:  # no detection in LMCache
         return _layout_from_shapes(list(kvcaches), hidden, use_mla)
+    detect = importlib.import_module("lmcache.v1.gpu_connector.utils").normalize_kv_and_discover_format
+    engine_type = importlib.import_module("lmcache.utils").EngineType
     fmt, normalized = detect(list(kvcaches), engine_type.VLLM, layout_hints=layout_hints)
     layout = LAYOUT_OF_ENGINE_FORMAT.get(fmt.name)
     if layout is None:

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import lmcache_ascend
-import lmcache_ascend._native
-from lmcache_ascend import _cann, memory
-from lmcache_ascend._native import transfer as _native_transfer
+from lmcache_ascend import _cann, envs
+
+# The native bindings (lmcache_ascend.memory, lmcache_ascend._native.transfer) are imported inside
+# the checks: a broken install must be a failed check with its fix, not a traceback before any.
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 STATUSES = (OK, INFO, WARN, FAIL)
@@ -29,7 +30,7 @@ STATUSES = (OK, INFO, WARN, FAIL)
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 DEFAULT_POOL_SIZE = 64 * MiB
 
-NATIVE_DIR = Path(lmcache_ascend._native.__file__).parent
+NATIVE_DIR = Path(lmcache_ascend.__file__).parent / "_native"
 CPU_LIBRARY = "liblmcache_ascend_cpu.so"
 ASCEND_LIBRARY = "liblmcache_ascend_npu.so"
 MATRIX_FILE = Path(lmcache_ascend.__file__).parent / "_matrix.json"
@@ -51,6 +52,10 @@ ROW_STATUSES = ("verified", "new", "experimental", "legacy")  # best first
 ROW_CHECKED = ("end-to-end", "contract", "hardware-only")
 # The lmcache-ascend wheels are released together: a different version is a stale install.
 SIBLING_WHEELS = ("lmcache-ascend-vllm", "lmcache-ascend-ms")  # the packages/ directory names
+# Reinstalling the core (docs/faq.md); --no-cache-dir: pip would reuse a wheel it built before (CPU-only).
+REINSTALL_CORE = ("`pip install --force-reinstall --no-deps --no-cache-dir ./packages/lmcache-ascend-core` (from a "
+                  "checkout) or `pip install --force-reinstall --no-cache-dir --no-binary lmcache-ascend-core "
+                  "lmcache-ascend-core` (from an index)")
 
 
 @dataclasses.dataclass
@@ -183,16 +188,22 @@ def _row_problem(row: Any) -> str | None:
 
 
 def row_mismatches(row: dict, installed: Mapping[str, tuple[str, str] | None]) -> list[dict]:
-    """The installed components that disagree with `row` (empty: the row matches)."""
+    """The installed components that disagree with `row` (empty: the row matches). The Python version
+    is not one of them: it is a note (_python_note), the packages are what the row was checked with."""
     out = []
     for component in COMPONENTS:
         wanted, have = row.get(component), installed.get(component)
         if wanted is not None and have is not None and not version_matches(have[1], wanted):
             out.append({"component": component, "dist": have[0], "installed": have[1], "row": wanted})
-    if not _python_matches(row["python"]):
-        out.append({"component": "python", "dist": "python", "installed": platform.python_version(),
-                    "row": row["python"]})
     return out
+
+
+def _python_note(rows: list[dict]) -> str | None:
+    """When none of `rows` was checked on this Python, which ones they were checked on."""
+    if not rows or any(_python_matches(r["python"]) for r in rows):
+        return None
+    pythons = ", ".join(sorted({r["python"] for r in rows}))
+    return f"note: checked on Python {pythons}, this is Python {platform.python_version()}"
 
 
 def _agreements(row: dict, installed: Mapping[str, tuple[str, str] | None]) -> int:
@@ -214,7 +225,7 @@ def _pin(mismatch: dict) -> str:
 def check_matrix(rows: list[dict], installed: Mapping[str, tuple[str, str] | None]) -> Check:
     present = {c: v[1] for c, v in installed.items() if v is not None}
     details: dict[str, Any] = {"installed": present, "python": platform.python_version(), "matching": [],
-                               "closest": None, "mismatches": []}
+                               "closest": None, "mismatches": [], "python_note": None}
     if not present:
         return Check("matrix", INFO, "none of the matrix's packages (lmcache, vllm, torch, mindspore, ...) is "
                      "installed: nothing to check yet", details=details)
@@ -228,6 +239,9 @@ def check_matrix(rows: list[dict], installed: Mapping[str, tuple[str, str] | Non
         details["matching"] = [r["name"] for r in matching]
         names = ", ".join(f"{r['name']} ({r['status']}, checked {r['checked']})" for r in matching)
         message = f"{described}: matches {names}"
+        details["python_note"] = _python_note(matching)
+        if details["python_note"]:
+            message += f" ({details['python_note']})"
         if "lmcache" not in present:
             return Check("matrix", INFO, f"{message}; lmcache itself is not installed", details=details)
         if any(r["status"] in ("verified", "new") for r in matching):
@@ -239,18 +253,13 @@ def check_matrix(rows: list[dict], installed: Mapping[str, tuple[str, str] | Non
         return Check("matrix", WARN, f"{message}: only {statuses} rows", fix=fix, details=details)
     mismatches, _, closest = scored[0]
     details["closest"], details["mismatches"] = closest["name"], mismatches
+    details["python_note"] = _python_note([closest])
     off = "; ".join(f"{m['component']} {m['installed']} (row wants {m['row']})" for m in mismatches)
+    note = f" ({details['python_note']})" if details["python_note"] else ""
     return Check("matrix", WARN, f"{described}: not in the compatibility matrix; closest row {closest['name']} "
-                 f"({closest['status']}) differs in {off}",
-                 fix="install the closest row's versions: " + _fix_pins(mismatches), details=details)
-
-
-def _fix_pins(mismatches: list[dict]) -> str:
-    pins = [_pin(m) for m in mismatches if m["component"] != "python"]
-    pythons = [m["row"] for m in mismatches if m["component"] == "python"]
-    parts = [f"pip install {' '.join(pins)}"] if pins else []
-    parts += [f"use Python {p}" for p in pythons]
-    return " and ".join(parts)
+                 f"({closest['status']}) differs in {off}{note}",
+                 fix="install the closest row's versions: pip install " + " ".join(_pin(m) for m in mismatches),
+                 details=details)
 
 
 def _row_pins(row: dict, installed: Mapping[str, tuple[str, str] | None]) -> str:
@@ -274,13 +283,16 @@ class _Host:
     registration: str | None  # how it registers, or why there is none
 
 
-def _gather(env: Mapping[str, str]) -> _Host:
-    # Where the CPU library looks for the Ascend backend (npu_library_path: newer wheels; getattr so this
-    # also runs on wheels without it), else the file's place next to the CPU library.
-    where = getattr(_native_transfer, "npu_library_path", None)
-    library = Path(where()) if where is not None else NATIVE_DIR / ASCEND_LIBRARY
+def _gather(env: Mapping[str, str], native_error: str | None) -> _Host:
     npus = _cann.npu_count()
-    registrar, registration = _device_registration(env, npus)
+    if native_error is None:
+        from lmcache_ascend._native import transfer
+
+        library = Path(transfer.npu_library_path())  # where the CPU library loads the Ascend backend from
+        registrar, registration = _device_registration(env, npus)
+    else:
+        library = NATIVE_DIR / ASCEND_LIBRARY
+        registrar, registration = None, None  # not checked: backend.cpu reports why
     return _Host(env=env, npus=npus, toolkit=_cann.find_cann_toolkit(env=env),
                  soc=_cann.detect_soc_version(env=env), driver=_cann.driver_version(),
                  ascend_library=library if library.is_file() else None,
@@ -289,27 +301,31 @@ def _gather(env: Mapping[str, str]) -> _Host:
 
 def _device_registration(env: Mapping[str, str], npus: int) -> tuple[str | None, str | None]:
     """(registrar name, how it registers / why none). Registration is enabled explicitly, so on a host
-    with NPUs the doctor enables it: whether that works is what the user needs to know.
-    enable_device_registration / device_registration_status are looked up with getattr so this module
-    also runs against a memory module that predates them (then only the installed registrar is reported)."""
-    enable = getattr(memory, "enable_device_registration", None)
-    status = getattr(memory, "device_registration_status", None)
-    if memory.device_registrar_name() is None and npus and enable is not None:
+    with NPUs the doctor enables it: whether that works is what the user needs to know."""
+    from lmcache_ascend import memory
+
+    if memory.device_registrar_name() is None and npus:
         try:
-            enable(env)
+            memory.enable_device_registration(env)
         except RuntimeError as exc:
             return None, str(exc)
-    if status is not None:
-        return status()
-    return memory.device_registrar_name(), None
+    return memory.device_registration_status()
 
 
 def check_install() -> Check:
     where = Path(lmcache_ascend.__file__).parent
-    return Check("install", OK, f"lmcache-ascend {lmcache_ascend.__version__}, Python {platform.python_version()} "
-                 f"({platform.system()} {platform.machine()}), {where}",
-                 details={"version": lmcache_ascend.__version__, "python": platform.python_version(),
-                          "machine": platform.machine(), "path": str(where)})
+    text = (f"lmcache-ascend {lmcache_ascend.__version__}, Python {platform.python_version()} "
+            f"({platform.system()} {platform.machine()}), {where}")
+    details = {"version": lmcache_ascend.__version__, "python": platform.python_version(),
+               "machine": platform.machine(), "path": str(where), "error": None}
+    try:  # what the kernels read when they load (lmcache_ascend.transfer): it would stop LMCache there
+        envs.num_threads()
+    except ValueError as exc:
+        details["error"] = str(exc)
+        return Check("install", FAIL, f"{text}; {exc}", details=details,
+                     fix="set LMCACHE_ASCEND_NUM_THREADS to an integer >= 0 (0: one thread per usable core) "
+                     "or unset it")
+    return Check("install", OK, text, details=details)
 
 
 def check_npus(host: _Host) -> Check:
@@ -382,16 +398,30 @@ def check_soc(host: _Host) -> Check:
     return Check("npu.soc", OK, text, details=details)
 
 
-def check_cpu_backend() -> Check:
+def native_import_error() -> str | None:
+    """Why the native bindings do not load (None when they do): a damaged or foreign-platform install."""
+    try:
+        from lmcache_ascend import memory  # noqa: F401  (loads both bindings and the CPU library)
+        from lmcache_ascend._native import transfer  # noqa: F401
+    except ImportError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def check_cpu_backend(native_error: str | None) -> Check:
     library = NATIVE_DIR / CPU_LIBRARY
     if not library.is_file():  # the bindings link to it, so this means a damaged install
-        return Check("backend.cpu", FAIL, f"{library} is missing",
-                     fix="reinstall: pip install --force-reinstall lmcache-ascend-core", details={"library": None})
-    return Check("backend.cpu", OK, f"built ({library})", details={"library": str(library)})
+        return Check("backend.cpu", FAIL, f"{library} is missing; the host memory checks are skipped",
+                     fix=f"reinstall: {REINSTALL_CORE}", details={"library": None, "error": native_error})
+    if native_error is not None:
+        return Check("backend.cpu", FAIL, f"{library} is there but the native bindings do not load: {native_error}; "
+                     "the host memory checks are skipped", fix=f"reinstall: {REINSTALL_CORE}",
+                     details={"library": str(library), "error": native_error})
+    return Check("backend.cpu", OK, f"built ({library})", details={"library": str(library), "error": None})
 
 
 def check_ascend_backend(host: _Host) -> Check:
-    build = _cann.build_info()  # what the build hook recorded, {} for wheels built before it did
+    build = _cann.build_info()  # what the build hook recorded next to the libraries
     details = {"library": None, "build": build, "error": None}
     if host.ascend_library is not None:
         details["library"] = str(host.ascend_library)
@@ -410,8 +440,8 @@ def check_ascend_backend(host: _Host) -> Check:
     if host.npus:
         return Check("backend.ascend", FAIL, f"this wheel has no Ascend backend ({ASCEND_LIBRARY} is not in "
                      f"{NATIVE_DIR}): {why}",
-                     fix="rebuild on a host with CANN: `source /usr/local/Ascend/ascend-toolkit/set_env.sh` then "
-                     "`pip install --force-reinstall --no-binary lmcache-ascend-core lmcache-ascend-core`",
+                     fix="rebuild on a host with CANN: `source /usr/local/Ascend/ascend-toolkit/set_env.sh`, then "
+                     + REINSTALL_CORE,
                      details=details)
     return Check("backend.ascend", INFO, "not in this wheel; not needed on this host (no NPU)", details=details)
 
@@ -483,7 +513,17 @@ def _limit_text(value: int) -> str:
     return "unlimited" if value == resource.RLIM_INFINITY else human_bytes(value)
 
 
+def _memlock_fix(target: str) -> str:
+    """How to raise RLIMIT_MEMLOCK to `target` (both memlock checks give it)."""
+    hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+    return (f"raise RLIMIT_MEMLOCK to {target}: `ulimit -l unlimited` in the shell that starts vLLM (without root "
+            f"the soft limit can go up to the hard one, {_limit_text(hard)}); Docker: `--ulimit memlock=-1 "
+            "--cap-add IPC_LOCK`; systemd: LimitMEMLOCK=infinity")
+
+
 def check_memlock(host: _Host, cap: bool) -> Check:
+    from lmcache_ascend import memory
+
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     details = {"soft": None if soft == resource.RLIM_INFINITY else soft,
                "hard": None if hard == resource.RLIM_INFINITY else hard}
@@ -492,12 +532,10 @@ def check_memlock(host: _Host, cap: bool) -> Check:
         return Check("host.memlock", OK, text, details=details)
     if cap:
         return Check("host.memlock", OK, f"{text}; CAP_IPC_LOCK lifts the limit", details=details)
-    fix = (f"raise it in the shell that starts vLLM: `ulimit -l unlimited` (the soft limit can go up to the "
-           f"hard one, {_limit_text(hard)}, without root); Docker: `--ulimit memlock=-1 --cap-add IPC_LOCK`; "
-           "systemd: LimitMEMLOCK=infinity")
     if host.registrar is not None or host.npus:
         return Check("host.memlock", WARN, f"{text}: pools registered with the NPU are locked, so they are "
-                     f"capped at {_limit_text(soft)}", fix=fix, details=details)
+                     f"capped at {_limit_text(soft)}", fix=_memlock_fix("LMCache's max_local_cpu_size or more"),
+                     details=details)
     return Check("host.memlock", INFO, f"{text} (matters only for locked pools; the CPU backend does not lock)",
                  details=details)
 
@@ -516,6 +554,8 @@ def check_huge_pages() -> Check:
     sizes = dict(sorted(sizes.items()))
     thp = re.search(r"\[(\w+)\]", _read_text(Path("/sys/kernel/mm/transparent_hugepage/enabled")) or "")
     thp_mode = thp.group(1) if thp else None  # the bracketed word is the mode in effect
+    from lmcache_ascend import memory
+
     free_default = memory.huge_pages_free()  # HugePages_Free: pages of the default huge page size
     details = {"default_size_free": None if free_default < 0 else free_default, "transparent": thp_mode,
                "sizes": {str(size): counts for size, counts in sizes.items()}}
@@ -526,6 +566,8 @@ def check_huge_pages() -> Check:
 
 
 def check_numa() -> Check:
+    from lmcache_ascend import memory
+
     nodes = memory.numa_node_count()
     text = f"{nodes} NUMA node(s)"
     if nodes > 1:
@@ -535,6 +577,8 @@ def check_numa() -> Check:
 
 def check_pool(host: _Host, size: int, cap: bool) -> Check:
     """Map, lock and (with a device registrar) register `size` bytes the way the KV pool does, then free."""
+    from lmcache_ascend import memory
+
     register = host.registrar is not None
     details: dict[str, Any] = {"size": size, "locked": False, "registered": False, "stage": None, "error": None,
                                "seconds": None}
@@ -611,9 +655,7 @@ def _pool_fix(stage: str, size: int, cap: bool) -> str:
     if stage == "lock":
         if cap:
             return f"the kernel refused even with CAP_IPC_LOCK: free host memory {smaller}"
-        return (f"raise RLIMIT_MEMLOCK to at least {human_bytes(size)}: `ulimit -l unlimited` in the shell that "
-                "starts vLLM; Docker: `--ulimit memlock=-1 --cap-add IPC_LOCK`; systemd: LimitMEMLOCK=infinity; "
-                + smaller)
+        return f"{_memlock_fix(f'at least {human_bytes(size)}')}; {smaller}"
     if stage == "device":
         return ("check the NPUs with `npu-smi info`; in a container pass the NPU devices (/dev/davinci<N>, "
                 "/dev/davinci_manager, /dev/devmm_svm, /dev/hisi_hdc) and mount /usr/local/Ascend/driver")
@@ -639,21 +681,29 @@ def _read_text(path: Path) -> str | None:
 # -- running and reporting ----------------------------------------------------------------------
 def run(pool_size: int = DEFAULT_POOL_SIZE, matrix: str | Path | None = None,
         env: Mapping[str, str] | None = None) -> list[Check]:
-    """Every check, in report order."""
-    host = _gather(os.environ if env is None else env)
+    """Every check, in report order (without the native bindings, the host memory checks are left out)."""
+    env = os.environ if env is None else env
+    native_error = native_import_error()
+    host = _gather(env, native_error)
     installed = installed_versions()
-    cap = memory.has_cap_ipc_lock()
-    return [
+    checks = [
         check_install(),
         check_npus(host),
         check_toolkit(host),
         check_driver(host),
         check_soc(host),
-        check_cpu_backend(),
+        check_cpu_backend(native_error),
         check_ascend_backend(host),
-        check_registrar(host),
+        *([check_registrar(host)] if native_error is None else []),  # host memory registration
         *check_packages(host, installed),
         check_matrix_file(installed, matrix),
+    ]
+    if native_error is not None:
+        return checks
+    from lmcache_ascend import memory
+
+    cap = memory.has_cap_ipc_lock()
+    return checks + [
         check_memlock(host, cap),
         check_cap_ipc_lock(cap),
         check_huge_pages(),

@@ -122,9 +122,9 @@ class HostPool:
             raise ValueError(f"size_bytes={size_bytes!r} must be a positive number of bytes")
         if not isinstance(alignment, int) or alignment < 64 or alignment & (alignment - 1):
             raise ValueError(f"alignment={alignment!r} must be a power of two >= 64 (default 4096)")
+        register = _resolve_register(register)  # first: register=True enables registration, which lock="auto" follows
         self._arena = _native.Arena(size_bytes, alignment, huge_pages=huge_pages, numa_node=numa_node,
-                                    lock=_resolve(lock, "lock"), populate=populate,
-                                    register=_resolve_register(register))
+                                    lock=_resolve(lock, "lock"), populate=populate, register=register)
 
     # -- allocation ------------------------------------------------------------------------
     def allocate(self, size: int) -> int | None:

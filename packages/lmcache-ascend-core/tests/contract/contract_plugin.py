@@ -38,7 +38,7 @@ def make_hooks(here: Path):
 
     def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
         for item in items:
-            if inside(item.fspath):
+            if inside(item.path):
                 item.add_marker("contract")
 
     @pytest.fixture(scope="session")

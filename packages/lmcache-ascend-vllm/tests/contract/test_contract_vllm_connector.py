@@ -189,16 +189,6 @@ def _shut_down(connector) -> None:
 
 # ---- LMCache's GPU-connector interface ------------------------------------------------------------
 
-def _lmcache_gpu_connector_module():
-    try:  # 0.5.x: a package
-        return importlib.import_module("lmcache.v1.gpu_connector.gpu_connectors")
-    except ModuleNotFoundError:  # 0.3.x: one module
-        module = importlib.import_module("lmcache.v1.gpu_connector")
-    if hasattr(module, "GPUConnectorInterface"):
-        return module
-    raise LookupError(f"LMCache {LMCACHE_VERSION} has no GPUConnectorInterface")
-
-
 @pytest.mark.skipif(bool(_upstream_import_error("lmcache.v1.gpu_connector")),
                     reason=f"LMCache {LMCACHE_VERSION}'s lmcache.v1.gpu_connector does not import on this CPU-only "
                            f"host: {_upstream_import_error('lmcache.v1.gpu_connector')}")
@@ -206,11 +196,10 @@ def test_gpu_connectors_implement_lmcache_interface():
     """Our PagedKVConnector stands in for LMCache's whole-chunk connectors (GPUConnectorInterface);
     PagedKVLayerwiseConnector for its VLLMPagedMemLayerwiseGPUConnector, whose generator methods
     take their own arguments."""
-    upstream = _lmcache_gpu_connector_module()
+    from lmcache_ascend._lmcache_compat import gpu_connector_bases
     from lmcache_ascend.integration.vllm.kv_connectors import PagedKVConnector, PagedKVLayerwiseConnector
 
-    interface = upstream.GPUConnectorInterface
-    layerwise = upstream.VLLMPagedMemLayerwiseGPUConnector
+    interface, layerwise = gpu_connector_bases()
     problems = []
     for ours, reference in ((PagedKVConnector, interface), (PagedKVLayerwiseConnector, layerwise)):
         if not issubclass(ours, interface):

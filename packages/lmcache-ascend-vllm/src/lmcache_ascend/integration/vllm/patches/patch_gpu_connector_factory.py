@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from lmcache_ascend.integration.vllm.config import UNSUPPORTED
+
 _MARK = "_lmcache_ascend_patched"
-DEVICES = ("cpu", "npu")
+DEVICES = ("cpu", "npu")  # vLLM platforms served by our connectors (also patch_lmcache03_engine)
 
 
 def apply() -> None:
@@ -37,7 +39,7 @@ def apply() -> None:
             return original(config, metadata, engine, layout_hints=layout_hints)
         from lmcache_ascend.integration.vllm.kv_connectors import PagedKVConnector, PagedKVLayerwiseConnector
 
-        for key in ("enable_blending", "use_gpu_connector_v3"):
+        for key in UNSUPPORTED:
             if getattr(config, key, False):
                 raise ValueError(f"LMCache setting {key}=True is not supported by lmcache-ascend on "
                                  f"{lmcache.torch_device_type}; set {key}: false")

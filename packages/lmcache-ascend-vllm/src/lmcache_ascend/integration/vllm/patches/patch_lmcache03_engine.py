@@ -15,11 +15,15 @@ Remove when: LMCache 0.3.x is no longer supported.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from lmcache_ascend.integration.vllm.config import UNSUPPORTED
+from lmcache_ascend.integration.vllm.patches.patch_gpu_connector_factory import DEVICES
+
+logger = logging.getLogger(__name__)
 _MARK = "_lmcache_ascend_patched"
-DEVICES = ("cpu", "npu")
-UNSUPPORTED = ("enable_blending", "use_gpu_connector_v3")
+TRUE_VALUES = ("1", "true", "yes")
 
 
 def apply() -> None:
@@ -67,6 +71,8 @@ def _build_engine(adapter: Any, lmcache_config: Any, vllm_config: Any, device_ty
     if use_mla and lmcache_config.remote_serde not in (None, "naive"):
         raise ValueError(f"LMCache setting remote_serde={lmcache_config.remote_serde!r} cannot store MLA caches; "
                          "set remote_serde: naive")
+    if use_mla:
+        store_on_every_rank(lmcache_config, device_type)
     num_layers = model.get_num_layers(parallel) + adapter._calculate_draft_layers(vllm_config, model)
     kv_shape = (num_layers, 1 if use_mla else 2, lmcache_config.chunk_size, model.get_num_kv_heads(parallel),
                 model.get_head_size())
@@ -81,6 +87,22 @@ def _build_engine(adapter: Any, lmcache_config: Any, vllm_config: Any, device_ty
     group = adapter.get_tp_group()
     return adapter.LMCacheEngineBuilder.get_or_create(adapter.ENGINE_NAME, lmcache_config, metadata, connector,
                                                       group.broadcast, group.broadcast_object)
+
+
+def store_on_every_rank(lmcache_config: Any, device_type: str) -> None:
+    """MLA: LMCache 0.3.7 defaults to save_only_first_rank, and its engine then broadcasts through a
+    torch.cuda.Stream (our connectors have no load_stream to lend it), which fails off CUDA."""
+    extra = dict(lmcache_config.extra_config or {})
+    chosen = extra.get("save_only_first_rank")
+    if chosen is not None and str(chosen).lower() in TRUE_VALUES:
+        raise ValueError(f"LMCache extra_config save_only_first_rank={chosen!r} is not supported by lmcache-ascend "
+                         f"on {device_type} with LMCache 0.3.x (it broadcasts through a CUDA stream); set "
+                         "extra_config save_only_first_rank: false or upgrade to LMCache 0.5.x")
+    if chosen is None:
+        logger.info("lmcache-ascend: MLA model on %s with LMCache 0.3.x: save_only_first_rank set to False (its "
+                    "broadcast needs CUDA), so every tensor-parallel rank stores its own copy", device_type)
+    extra["save_only_first_rank"] = False
+    lmcache_config.extra_config = extra
 
 
 def _device(device_type: str) -> str:
