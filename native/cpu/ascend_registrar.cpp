@@ -11,7 +11,6 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
-#include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
@@ -31,11 +30,14 @@ constexpr int kAclErrorInvalidDeviceId = 107001;   // ACL_ERROR_RT_INVALID_DEVIC
 constexpr int kAclErrorContextNull = 107002;       // ACL_ERROR_RT_CONTEXT_NULL
 constexpr int kAclErrorMemoryAllocation = 207001;  // ACL_ERROR_RT_MEMORY_ALLOCATION
 constexpr int kDrvErrorNotSupport = 0xfffe;        // DRV_ERROR_NOT_SUPPORT (65534)
-// Single registrations above about this size are reported to fail (LMCache-Ascend issue 242).
-constexpr size_t kLargeRegistration = size_t{128} << 30;
+// Single registrations above about this size (the "~200 GB" of the messages) are reported to fail
+// (LMCache-Ascend issue 242).
+constexpr size_t kLargeRegistration = size_t{200} * 1000 * 1000 * 1000;
 
 using AclGetDevice = int (*)(int32_t*);
 using AclSetDevice = int (*)(int32_t);
+using AclResetDevice = int (*)(int32_t);
+using AclGetSocName = const char* (*)();
 using AclHostRegister = int (*)(void*, uint64_t, int, void**);
 using AclHostUnregister = int (*)(void*);
 using HalHostRegister = int (*)(void*, uint64_t, uint32_t, uint32_t, void**);
@@ -44,12 +46,6 @@ using DsmiGetVersion = int (*)(int, char*, unsigned int, unsigned int*);
 
 Status runtime_error(const std::string& msg) { return Status::Error(StatusCode::kRuntimeError, msg); }
 Status invalid(const std::string& msg) { return Status::Error(StatusCode::kInvalidArgument, msg); }
-
-std::string hex(uintptr_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 // A dlopen'ed library; closes itself.
 struct Library {
@@ -97,9 +93,10 @@ Library load_first(const std::vector<std::string>& candidates, bool reject_devli
       lib.handle = handle;
       lib.path = mapped_path(handle, candidate);
       if (reject_devlib && lib.path.find("/devlib/") != std::string::npos) {
-        *tried += "\n  " + candidate + ": resolved to " + lib.path +
-                  ", the toolkit's link-time stub, not the driver's library (take the toolkit's devlib/ "
-                  "out of LD_LIBRARY_PATH)";
+        if (pass == 1)  // listed once, not again for the already-loaded pass
+          *tried += "\n  " + candidate + ": resolved to " + lib.path +
+                    ", the toolkit's link-time stub, not the driver's library (take the toolkit's devlib/ "
+                    "out of LD_LIBRARY_PATH)";
         continue;  // ~Library closes it
       }
       return lib;
@@ -144,6 +141,7 @@ class AscendRegistrar final : public DeviceRegistrar {
         driver_version_(std::move(driver_version)), visible_(std::move(visible)) {
     get_device_ = acl_.symbol<AclGetDevice>("aclrtGetDevice");
     set_device_ = acl_.symbol<AclSetDevice>("aclrtSetDevice");
+    reset_device_ = acl_.symbol<AclResetDevice>("aclrtResetDevice");
     acl_register_ = acl_.symbol<AclHostRegister>("aclrtHostRegister");
     acl_unregister_ = acl_.symbol<AclHostUnregister>("aclrtHostUnregister");
     hal_register_ = hal_.symbol<HalHostRegister>("halHostRegister");
@@ -158,8 +156,12 @@ class AscendRegistrar final : public DeviceRegistrar {
     return name() + ": halHostRegister (driver " + driver_version_ + "; " + hal_.path + ")";
   }
 
-  size_t registered_count() const {
-    std::shared_lock<std::shared_mutex> guard(mutex_);
+  // Stops this registrar for good when nothing is registered through it; else returns how many
+  // ranges still are (and stays in service). Checked under the lock register_host reserves under,
+  // so no registration can slip in after the check.
+  size_t retire() {
+    std::unique_lock<std::shared_mutex> guard(mutex_);
+    if (ranges_.empty()) retired_ = true;
     return ranges_.size();
   }
 
@@ -168,7 +170,7 @@ class AscendRegistrar final : public DeviceRegistrar {
     const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
     if (!ptr || size == 0) return invalid("registering host memory needs a non-null pointer and size > 0");
     if (base % page)
-      return invalid("host pointer " + hex(base) + " is not page-aligned (" + std::to_string(page) +
+      return invalid("host pointer " + hex_address(base) + " is not page-aligned (" + std::to_string(page) +
                      " B): the NPU maps whole pages; allocate it with HostPool / alloc_pinned_ptr");
     int user_device = -1;
     if (Status st = current_device(&user_device); !st.ok()) return st;
@@ -180,9 +182,12 @@ class AscendRegistrar final : public DeviceRegistrar {
     // that device_address() readers need, and an overlapping registration cannot race it.
     {
       std::unique_lock<std::shared_mutex> guard(mutex_);
+      if (retired_)
+        return invalid("device registration was disabled (disable_device_registration) while this pool was being "
+                       "created: call enable_device_registration() again, then create the pool");
       if (const Range* hit = overlapping(base, size))
-        return invalid("host range " + hex(base) + "+" + human_bytes(size) + " overlaps one already registered (" +
-                       hex(hit->base) + "+" + human_bytes(hit->size) + "); unregister it first");
+        return invalid("host range " + hex_address(base) + "+" + human_bytes(size) + " overlaps one already registered (" +
+                       hex_address(hit->base) + "+" + human_bytes(hit->size) + "); unregister it first");
       ranges_[base] = Range{base, size, 0, user_device, hal_device, true};
     }
     uintptr_t device = 0;
@@ -205,21 +210,23 @@ class AscendRegistrar final : public DeviceRegistrar {
       std::unique_lock<std::shared_mutex> guard(mutex_);
       auto it = ranges_.find(base);
       if (it == ranges_.end() || it->second.pending)
-        return invalid("host pointer " + hex(base) + " is not the start of a range registered with the NPU");
+        return invalid("host pointer " + hex_address(base) + " is not the start of a range registered with the NPU");
       range = it->second;
       ranges_.erase(it);  // the caller is releasing the memory: forget it whatever the driver says
     }
     if (use_acl_) {
       DeviceScope scope(this, range.user_device);
       int rc = acl_unregister_(ptr);
-      if (rc != 0) return runtime_error("aclrtHostUnregister(" + hex(base) + ") returned " + std::to_string(rc));
+      if (rc != 0)
+        return runtime_error("aclrtHostUnregister(" + hex_address(base) + ") returned " + std::to_string(rc) + ": " +
+                             kStillRegistered);
       return Status::Ok();
     }
     int rc = hal_unregister_(ptr, static_cast<uint32_t>(range.hal_device));
     munlock(ptr, range.size);
     if (rc != 0)
-      return runtime_error("halHostUnregister(" + hex(base) + ", device " + std::to_string(range.hal_device) +
-                           ") returned " + std::to_string(rc));
+      return runtime_error("halHostUnregister(" + hex_address(base) + ", device " + std::to_string(range.hal_device) +
+                           ") returned " + std::to_string(rc) + ": " + kStillRegistered);
     return Status::Ok();
   }
 
@@ -234,12 +241,16 @@ class AscendRegistrar final : public DeviceRegistrar {
         return Status::Ok();
       }
     }
-    return invalid("host address " + hex(addr) + " is not inside host memory registered with the NPU (" +
+    return invalid("host address " + hex_address(addr) + " is not inside host memory registered with the NPU (" +
                    std::to_string(ranges_.size()) + " range(s) registered); allocate it from a HostPool created "
                    "after enable_device_registration()");
   }
 
  private:
+  static constexpr const char* kStillRegistered =
+      "the pages may stay registered with the NPU (mapped and pinned) until the process exits; lmcache-ascend "
+      "no longer tracks the range, so its memory is released, but that device mapping leaks";
+
   struct Range {
     uintptr_t base = 0;
     size_t size = 0;
@@ -249,10 +260,11 @@ class AscendRegistrar final : public DeviceRegistrar {
     bool pending = false;
   };
 
-  // Makes `device` current for one call on a thread where another (or none) is, then restores it.
+  // Makes `device` current for one call on a thread where another (or none) is, then restores it:
+  // the previous device, or (none was current) releases the reference aclrtSetDevice took.
   class DeviceScope {
    public:
-    DeviceScope(const AscendRegistrar* reg, int device) : reg_(reg) {
+    DeviceScope(const AscendRegistrar* reg, int device) : reg_(reg), device_(device) {
       if (!reg_->set_device_ || device < 0) return;
       int32_t current = -1;
       const bool has_current = reg_->get_device_(&current) == 0;
@@ -261,11 +273,16 @@ class AscendRegistrar final : public DeviceRegistrar {
       switched_ = reg_->set_device_(device) == 0;
     }
     ~DeviceScope() {
-      if (switched_ && previous_ >= 0) reg_->set_device_(previous_);
+      if (!switched_) return;
+      if (previous_ >= 0)
+        reg_->set_device_(previous_);
+      else if (reg_->reset_device_)
+        reg_->reset_device_(device_);
     }
 
    private:
     const AscendRegistrar* reg_;
+    int device_;
     int previous_ = -1;
     bool switched_ = false;
   };
@@ -305,7 +322,7 @@ class AscendRegistrar final : public DeviceRegistrar {
     void* dev = nullptr;
     int rc = acl_register_(ptr, size, kAclHostRegisterMapped, &dev);
     if (rc != 0)
-      return runtime_error(explain(("aclrtHostRegister(" + hex(reinterpret_cast<uintptr_t>(ptr)) + ", " +
+      return runtime_error(explain(("aclrtHostRegister(" + hex_address(reinterpret_cast<uintptr_t>(ptr)) + ", " +
                                     human_bytes(size) + ", ACL_HOST_REGISTER_MAPPED)").c_str(),
                                    rc, size, driver_version_));
     *device = reinterpret_cast<uintptr_t>(dev);
@@ -324,7 +341,7 @@ class AscendRegistrar final : public DeviceRegistrar {
     int rc = hal_register_(ptr, size, kHostMemMapDevPcieTh, static_cast<uint32_t>(hal_device), &dev);
     if (rc != 0) {
       munlock(ptr, size);
-      return runtime_error(explain(("halHostRegister(" + hex(reinterpret_cast<uintptr_t>(ptr)) + ", " +
+      return runtime_error(explain(("halHostRegister(" + hex_address(reinterpret_cast<uintptr_t>(ptr)) + ", " +
                                     human_bytes(size) + ", HOST_MEM_MAP_DEV_PCIE_TH, device " +
                                     std::to_string(hal_device) + ")").c_str(),
                                    rc, size, driver_version_));
@@ -339,16 +356,21 @@ class AscendRegistrar final : public DeviceRegistrar {
   std::vector<int> visible_;
   AclGetDevice get_device_ = nullptr;
   AclSetDevice set_device_ = nullptr;
+  AclResetDevice reset_device_ = nullptr;
   AclHostRegister acl_register_ = nullptr;
   AclHostUnregister acl_unregister_ = nullptr;
   HalHostRegister hal_register_ = nullptr;
   HalHostUnregister hal_unregister_ = nullptr;
   mutable std::shared_mutex mutex_;
   std::map<uintptr_t, Range> ranges_;  // by host base address
+  bool retired_ = false;               // disabled: registers nothing more
 };
 
 std::mutex g_enable_mutex;
-std::unique_ptr<AscendRegistrar> g_ascend;
+// The registrar in service, if any. Registrars are never deleted: device_registrar() hands out raw
+// pointers that other threads may still hold after a disable, so a retired one stays (empty and
+// refusing new ranges, its libraries loaded) until the process exits.
+AscendRegistrar* g_ascend = nullptr;
 
 // The driver's version string from dsmi (device `device`), or "" with the reason in `why`.
 std::string dsmi_driver_version(const std::vector<std::string>& candidates, int device, std::string* why) {
@@ -411,6 +433,15 @@ Status enable_ascend_registration(const AscendRuntimePaths& paths) {
                          "LMCACHE_ASCEND_ACL_LIB at libascendcl.so");
   if (!acl.symbol<AclGetDevice>("aclrtGetDevice"))
     return runtime_error(acl.path + " has no aclrtGetDevice: it is not a CANN runtime library");
+  // Host registration exists on Atlas A2/A3 only; a runtime that cannot name its chip is let through.
+  if (auto soc_name = acl.symbol<AclGetSocName>("aclrtGetSocName")) {
+    const char* soc = soc_name();
+    if (soc != nullptr && std::strncmp(soc, "Ascend310P", 10) == 0)
+      return runtime_error(std::string("host-memory registration is not available on ") + soc +
+                           ": the NPU cannot map host memory there (Atlas A2/A3, Ascend910B/Ascend910_93, only). "
+                           "LMCache's pools stay unregistered and NPU transfers stage through device memory; "
+                           "nothing to fix, but do not call enable_device_registration() on this chip");
+  }
 
   std::vector<int> visible = parse_visible_devices(paths.visible_devices);
   std::string why;
@@ -445,25 +476,31 @@ Status enable_ascend_registration(const AscendRuntimePaths& paths) {
       return runtime_error(hal.path + " has no halHostRegister/halHostUnregister: driver " + version +
                            " is too old for host-memory registration; upgrade to 24.1 or newer");
   }
-  g_ascend = std::make_unique<AscendRegistrar>(std::move(acl), std::move(hal), use_acl, version, std::move(visible));
-  install_device_registrar(g_ascend.get());
+  g_ascend = new AscendRegistrar(std::move(acl), std::move(hal), use_acl, version, std::move(visible));
+  install_device_registrar(g_ascend);
   return Status::Ok();
 }
 
 Status disable_ascend_registration() {
   std::lock_guard<std::mutex> guard(g_enable_mutex);
   if (!g_ascend) return Status::Ok();
-  if (size_t n = g_ascend->registered_count())
+  // Uninstall first, so no new pool picks this registrar up, then retire it under its own lock.
+  const bool installed = device_registrar() == g_ascend;
+  if (installed) install_device_registrar(nullptr);
+  if (size_t n = g_ascend->retire()) {
+    if (installed) install_device_registrar(g_ascend);
     return invalid(std::to_string(n) + " host range(s) are still registered with the NPU; close (and drop) "
                    "the pools using them before disabling device registration");
-  if (device_registrar() == g_ascend.get()) install_device_registrar(nullptr);
-  g_ascend.reset();
+  }
+  static std::vector<AscendRegistrar*>* retired = new std::vector<AscendRegistrar*>;  // kept until exit
+  retired->push_back(g_ascend);
+  g_ascend = nullptr;
   return Status::Ok();
 }
 
 std::string ascend_registration_description() {
   std::lock_guard<std::mutex> guard(g_enable_mutex);
-  return g_ascend ? g_ascend->description() : "";
+  return g_ascend != nullptr ? g_ascend->description() : "";
 }
 
 }  // namespace lmcache_ascend

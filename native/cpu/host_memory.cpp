@@ -33,6 +33,12 @@ Status fail(StatusCode code, const std::string& msg) { return Status::Error(code
 
 }  // namespace
 
+std::string hex_address(uintptr_t address) {
+  char buf[24];
+  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(address));
+  return buf;
+}
+
 std::string human_bytes(size_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double v = static_cast<double>(bytes);

@@ -7,12 +7,13 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "lmcache_ascend/ascend_tiling.hpp"
 #include "lmcache_ascend/device_registration.hpp"
+#include "lmcache_ascend/host_memory.hpp"
 #include "lmcache_ascend/transfer_validation.hpp"
 
 namespace lmcache_ascend {
@@ -68,13 +69,19 @@ const NpuLibrary& npu_library() {
     lib.copy_to_host = reinterpret_cast<lmcache_ascend_npu_copy_to_host_fn>(dlsym(handle, "lmcache_ascend_npu_copy_to_host"));
     lib.transfer_kv = reinterpret_cast<lmcache_ascend_npu_transfer_kv_fn>(dlsym(handle, "lmcache_ascend_npu_transfer_kv"));
     lib.synchronize = reinterpret_cast<lmcache_ascend_npu_synchronize_fn>(dlsym(handle, "lmcache_ascend_npu_synchronize"));
-    if (version == nullptr || lib.copy_to_host == nullptr || lib.transfer_kv == nullptr || lib.synchronize == nullptr ||
-        version() != kNpuAbiVersion) {
-      lib.status = Status::Error(
-          StatusCode::kRuntimeError,
-          lib.path + " does not match this lmcache-ascend-core (ABI version " +
-              (version ? std::to_string(version()) : std::string("missing")) + ", expected " +
-              std::to_string(kNpuAbiVersion) + "): reinstall lmcache-ascend-core so both libraries come from one build");
+    const char* missing = version == nullptr             ? "lmcache_ascend_npu_abi_version"
+                          : lib.copy_to_host == nullptr  ? "lmcache_ascend_npu_copy_to_host"
+                          : lib.transfer_kv == nullptr   ? "lmcache_ascend_npu_transfer_kv"
+                          : lib.synchronize == nullptr   ? "lmcache_ascend_npu_synchronize"
+                                                         : nullptr;
+    const int32_t found = missing == nullptr ? version() : -1;
+    if (missing != nullptr || found != kNpuAbiVersion) {
+      const std::string what = missing != nullptr ? std::string("has no symbol ") + missing
+                                                  : "has ABI version " + std::to_string(found) + ", expected " +
+                                                        std::to_string(kNpuAbiVersion);
+      lib.status = Status::Error(StatusCode::kRuntimeError,
+                                 lib.path + " does not match this lmcache-ascend-core (it " + what +
+                                     "): reinstall lmcache-ascend-core so both libraries come from one build");
       lib.copy_to_host = nullptr;
       lib.transfer_kv = nullptr;
       lib.synchronize = nullptr;
@@ -89,22 +96,6 @@ Status from_abi(int32_t code, const char* err) {
   return Status::Error(static_cast<StatusCode>(code), err[0] ? err : "NPU transfer failed without a message");
 }
 
-// Last byte offset (exclusive) a transfer may touch in chunk `c`, as check_chunks computes it.
-int64_t chunk_bytes_touched(const TransferRequest& r, int64_t c) {
-  const ChunkRef& ch = r.chunks[c];
-  const int64_t ntok = ch.token_end - ch.token_begin;
-  if (ntok <= 0) return 0;
-  return ((r.page.num_planes - 1) * ch.strides.plane_stride + (r.page.num_layers - 1) * ch.strides.layer_stride +
-          (ntok - 1) * ch.strides.token_stride + r.page.hidden()) *
-         r.page.elem_size;
-}
-
-std::string hex_address(uintptr_t address) {
-  char buf[32];
-  snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(address));
-  return buf;
-}
-
 Status map_host_chunk(const TransferRequest& r, int64_t c, int32_t group, ChunkRef* out) {
   const std::string which = "memory object " + std::to_string(c) + (group ? " of plane group " + std::to_string(group) : "");
   DeviceRegistrar* registrar = device_registrar();
@@ -114,8 +105,10 @@ Status map_host_chunk(const TransferRequest& r, int64_t c, int32_t group, ChunkR
                                  "address it: allocate LMCache memory with lmcache_ascend's pinned allocator on an "
                                  "Ascend host (it registers the pages), or pass fused=True to stage through device memory");
   uintptr_t first = 0, last = 0;
-  const int64_t touched = chunk_bytes_touched(r, c);
-  Status st = registrar->device_address(reinterpret_cast<void*>(out->base), &first);
+  int64_t touched = 0;
+  Status st = chunk_bytes_touched(r, c, &touched);
+  if (!st.ok()) return st;
+  st = registrar->device_address(reinterpret_cast<void*>(out->base), &first);
   if (st.ok() && touched > 0)
     st = registrar->device_address(reinterpret_cast<void*>(out->base + static_cast<uintptr_t>(touched - 1)), &last);
   if (!st.ok())
@@ -136,20 +129,15 @@ const char* npu_library_path() { return npu_library().path.c_str(); }
 
 Status prepare_npu_transfer(const TransferRequest* groups, int32_t num_groups, const void* host_slots,
                             const NpuTransferOptions& options, PreparedNpuTransfer* out) {
-  if (groups == nullptr || num_groups < 1)
-    return Status::Error(StatusCode::kInvalidArgument, "no transfer given: pass at least one TransferRequest");
-  const SlotMapping& slots = groups[0].slots;
+  Status st = npu::check_plane_groups(groups, num_groups);
+  if (!st.ok()) return st;
   out->groups.assign(groups, groups + num_groups);
   out->chunks.assign(static_cast<size_t>(num_groups), {});
   out->fused = options.chunks_on_host && options.fused;
   for (int32_t g = 0; g < num_groups; ++g) {
     TransferRequest& r = out->groups[static_cast<size_t>(g)];
-    if (r.slots.data != slots.data || r.slots.length != slots.length || r.slots.index_bytes != slots.index_bytes)
-      return Status::Error(StatusCode::kInvalidArgument,
-                           "plane group " + std::to_string(g) + " has another slot mapping than group 0: plane groups "
-                                                                "of one transfer share their slots");
     if (host_slots != nullptr) r.slots.data = host_slots;
-    Status st = validate_transfer_request(r);
+    st = validate_transfer_request(r);
     if (!st.ok()) return num_groups > 1 ? Status::Error(st.code, "plane group " + std::to_string(g) + ": " + st.message) : st;
   }
   if (!options.chunks_on_host || out->fused) return Status::Ok();
@@ -188,32 +176,29 @@ Status npu_transfer_kv(const TransferRequest* groups, int32_t num_groups, const 
                              std::to_string(slots.index_bytes) + "-byte integers x " + std::to_string(slots.length));
 
   // The checks need the slots on the host: copy a device slot mapping back (this waits for the
-  // stream, so the slots the engine just wrote are the ones checked and used).
+  // stream, so the slots the engine just wrote are the ones checked). The kernel reads this
+  // validated copy (the launcher uploads it), never the device tensor, which may change later.
   std::vector<unsigned char> host_slots;
-  const void* device_slots = nullptr;
   if (options.slots_on_device && slots.length > 0) {
     host_slots.resize(static_cast<size_t>(slots.length * slots.index_bytes));
     char err[2048] = {0};
     int32_t code = lib.copy_to_host(host_slots.data(), slots.data, host_slots.size(), options.stream, err, sizeof(err));
     if (code != 0) return from_abi(code, err);
-    device_slots = slots.data;
   }
 
   PreparedNpuTransfer prepared;
   Status st = prepare_npu_transfer(groups, num_groups, host_slots.empty() ? nullptr : host_slots.data(), options,
                                    &prepared);
   if (!st.ok()) return st;
-  const bool fused = prepared.fused;
-  std::vector<TransferRequest>& checked = prepared.groups;
 
-  NpuLaunchArgs args{options.stream, device_slots, options.chunks_on_host ? 1 : 0,
-                     options.chunks_on_host && fused ? 1 : 0};
+  NpuLaunchArgs args{options.stream, prepared.fused ? 1 : 0};
   char err[2048] = {0};
-  int32_t code = lib.transfer_kv(checked.data(), num_groups, &args, err, sizeof(err));
+  int32_t code = lib.transfer_kv(prepared.groups.data(), num_groups, &args, err, sizeof(err));
   if (code != 0) return from_abi(code, err);
-  // The caller reads host chunks right after a gather (LMCache stores them next): wait for them.
-  if (options.chunks_on_host && groups[0].direction == Direction::kPagedToChunk)
-    return from_abi(lib.synchronize(options.stream, err, sizeof(err)), err);
+  // Host chunks: the caller reads them right after a gather and may free them right after a
+  // scatter (LMCache releases memory objects once a retrieve returns), so the device must be done
+  // with them before this returns.
+  if (options.chunks_on_host) return from_abi(lib.synchronize(options.stream, err, sizeof(err)), err);
   return Status::Ok();
 }
 

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "lmcache_ascend/thread_pool.hpp"
@@ -22,6 +24,24 @@ struct Run {
 };
 
 Status invalid(const std::string& msg) { return Status::Error(StatusCode::kInvalidArgument, msg); }
+
+// Sum of count_i * stride_i + tail in int64; false on overflow. Shapes and strides come from Python
+// unchecked, so a wrapped product must not pass for a small one.
+bool extent_fits(std::initializer_list<std::pair<int64_t, int64_t>> terms, int64_t tail, int64_t* out) {
+  int64_t total = tail;
+  for (const auto& term : terms) {
+    int64_t product = 0;
+    if (__builtin_mul_overflow(term.first, term.second, &product) || __builtin_add_overflow(total, product, &total))
+      return false;
+  }
+  *out = total;
+  return true;
+}
+
+Status too_large(const std::string& field, const std::string& detail) {
+  return Status::Error(StatusCode::kOutOfRange, field + " is too large: " + detail +
+                                                    " overflows a 64-bit offset; check the tensor's shape and strides");
+}
 
 Status check_layout(const TransferRequest& r) {
   const PageLayout& p = r.page;
@@ -41,8 +61,17 @@ Status check_layout(const TransferRequest& r) {
                    " head_size=" + std::to_string(p.head_size));
   if (p.block_stride < 0 || p.head_stride < 0 || p.token_stride < 0)
     return invalid("paged KV cache strides must be non-negative");
-  int64_t page_last = (p.num_blocks - 1) * p.block_stride + (p.block_size - 1) * p.token_stride +
-                      (p.num_heads - 1) * p.head_stride + p.head_size;
+  int64_t num_slots = 0;
+  if (__builtin_mul_overflow(p.num_blocks, static_cast<int64_t>(p.block_size), &num_slots))
+    return too_large("num_blocks", "num_blocks=" + std::to_string(p.num_blocks) + " x block_size=" +
+                                       std::to_string(p.block_size));
+  int64_t page_last = 0;
+  if (!extent_fits({{p.num_blocks - 1, p.block_stride}, {p.block_size - 1, p.token_stride}, {p.num_heads - 1, p.head_stride}},
+                   p.head_size, &page_last))
+    return too_large("paged KV cache layout", "block_stride=" + std::to_string(p.block_stride) + " token_stride=" +
+                                                  std::to_string(p.token_stride) + " head_stride=" +
+                                                  std::to_string(p.head_stride) + " over " + std::to_string(p.num_blocks) +
+                                                  " blocks");
   if (page_last > r.page_extent_elems)
     return Status::Error(StatusCode::kOutOfRange,
                          "paged KV cache layout reaches element " + std::to_string(page_last) +
@@ -74,17 +103,24 @@ Status check_chunks(const TransferRequest& r) {
     const ChunkStrides& c = ch.strides;
     if (c.plane_stride < 0 || c.layer_stride < 0 || c.token_stride < 0)
       return invalid(which + ": LMCache chunk strides must be non-negative");
-    int64_t ntok = ch.token_end - ch.token_begin;
-    int64_t last = (p.num_planes - 1) * c.plane_stride + (p.num_layers - 1) * c.layer_stride +
-                   (ntok - 1) * c.token_stride + p.hidden();
-    if (last * p.elem_size > r.chunk_extent_bytes[i])
+    int64_t needed = 0;
+    Status st = chunk_bytes_touched(r, i, &needed);
+    if (!st.ok()) return st;
+    if (needed > r.chunk_extent_bytes[i])
       return Status::Error(StatusCode::kOutOfRange,
-                           which + " needs " + std::to_string(last * p.elem_size) + " bytes for " +
-                               std::to_string(ntok) + " tokens x " + std::to_string(p.num_layers) +
-                               " layers but its buffer holds " + std::to_string(r.chunk_extent_bytes[i]) +
+                           which + " needs " + std::to_string(needed) + " bytes for " +
+                               std::to_string(ch.token_end - ch.token_begin) + " tokens x " +
+                               std::to_string(p.num_layers) + " layers but its buffer holds " +
+                               std::to_string(r.chunk_extent_bytes[i]) +
                                " bytes: allocate it with the full [planes, layers, tokens, hidden] shape");
   }
   return Status::Ok();
+}
+
+// Layout, extents and chunk table: everything but the slots.
+Status check_descriptor(const TransferRequest& r) {
+  Status st = check_layout(r);
+  return st.ok() ? check_chunks(r) : st;
 }
 
 Status slot_out_of_range(const TransferRequest& r, int64_t t, int64_t slot) {
@@ -178,10 +214,25 @@ inline void copy_run(const TransferRequest& r, const Run& run, int layer, int pl
 
 }  // namespace
 
+Status chunk_bytes_touched(const TransferRequest& r, int64_t c, int64_t* bytes) {
+  const PageLayout& p = r.page;
+  const ChunkRef& ch = r.chunks[c];
+  const int64_t ntok = ch.token_end - ch.token_begin;
+  *bytes = 0;
+  if (ntok <= 0) return Status::Ok();
+  const ChunkStrides& s = ch.strides;
+  int64_t last = 0;
+  if (!extent_fits({{p.num_planes - 1, s.plane_stride}, {p.num_layers - 1, s.layer_stride}, {ntok - 1, s.token_stride}},
+                   p.hidden(), &last) ||
+      __builtin_mul_overflow(last, static_cast<int64_t>(p.elem_size), bytes))
+    return too_large("chunk " + std::to_string(c),
+                     "plane_stride=" + std::to_string(s.plane_stride) + " layer_stride=" + std::to_string(s.layer_stride) +
+                         " token_stride=" + std::to_string(s.token_stride) + " over " + std::to_string(ntok) + " tokens");
+  return Status::Ok();
+}
+
 Status validate_transfer_request(const TransferRequest& r) {
-  Status st = check_layout(r);
-  if (!st.ok()) return st;
-  st = check_chunks(r);
+  Status st = check_descriptor(r);
   if (!st.ok()) return st;
   const int64_t num_slots = r.page.num_slots();
   for (int64_t c = 0; c < r.num_chunks; ++c)
@@ -193,9 +244,7 @@ Status validate_transfer_request(const TransferRequest& r) {
 }
 
 Status transfer_kv(const TransferRequest& r) {
-  Status st = check_layout(r);
-  if (!st.ok()) return st;
-  st = check_chunks(r);
+  Status st = check_descriptor(r);
   if (!st.ok()) return st;
   std::vector<Run> runs;
   runs.reserve(static_cast<size_t>(std::min<int64_t>(r.slots.length, 1 << 16)));

@@ -1,5 +1,5 @@
 // Tiny assertion helpers for the native test programs: each CHECK counts, failures print where and
-// why, and main returns the failure count (nonzero = failed).
+// why, and main returns finish(): 0 when every check passed, 1 otherwise.
 #pragma once
 
 #include <cstdio>

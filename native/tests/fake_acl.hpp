@@ -1,8 +1,10 @@
-// A host-memory stand-in for the part of the ACL runtime the NPU launcher calls, so
-// test_npu_launcher.cpp can run native/ascend/launch/npu_launcher.cpp without an NPU. Device memory
-// is host memory; a stream is a queue of deferred work (asynchronous copies, kernel launches) that
+// A host-memory stand-in for the part of the ACL runtime (and of CANN's platform library) the NPU
+// launcher calls, so test_npu_launcher.cpp can run native/ascend/launch/npu_launcher.cpp without an
+// NPU. Device memory is host memory; a stream is a queue of deferred work (kernel launches) that
 // runs only when the host waits on the stream or on an event recorded on it, so work the launcher
-// forgets to order shows up as wrong data. Only for tests: nothing here describes a real device.
+// forgets to order shows up as wrong data. Freed device memory is poisoned and never reused, so a
+// kernel still reading it sees garbage and the emulator reports the access. Only for tests:
+// nothing here describes a real device.
 #pragma once
 
 #include <cstddef>
@@ -49,9 +51,11 @@ struct State {
   int64_t cores = 48;
   int32_t device = 0;                    // < 0: no device current on this thread
   std::map<void*, size_t> allocations;   // live device buffers
+  std::map<void*, size_t> freed;         // poisoned, kept so their addresses are never handed out again
   std::vector<Event*> events;
-  bool refuse_async_device_to_host = false;  // as for pageable host memory
-  int async_copies = 0;
+  int fail_record_event = 0;             // the next n aclrtRecordEvent calls fail
+  int fail_synchronize_stream = 0;       // the next n aclrtSynchronizeStream calls fail (and wait for nothing)
+  int64_t platform_ub_bytes = 0;         // UB the platform library reports; 0: it cannot answer
   std::string last_error;
 };
 
@@ -88,8 +92,12 @@ inline aclError aclrtMalloc(void** ptr, size_t size, aclrtMemMallocPolicy) {
 }
 
 inline aclError aclrtFree(void* ptr) {
-  fake_acl::state().allocations.erase(ptr);
-  std::free(ptr);
+  auto& allocations = fake_acl::state().allocations;
+  auto found = allocations.find(ptr);
+  if (found == allocations.end()) return fake_acl::kError;
+  std::memset(ptr, 0xDD, found->second);
+  fake_acl::state().freed.insert(*found);
+  allocations.erase(found);
   return ACL_SUCCESS;
 }
 
@@ -99,16 +107,11 @@ inline aclError aclrtMemcpy(void* dst, size_t dst_max, const void* src, size_t c
   return ACL_SUCCESS;
 }
 
-inline aclError aclrtMemcpyAsync(void* dst, size_t dst_max, const void* src, size_t count, aclrtMemcpyKind kind,
-                                 aclrtStream stream) {
-  if (count > dst_max) return fake_acl::kError;
-  if (kind == ACL_MEMCPY_DEVICE_TO_HOST && fake_acl::state().refuse_async_device_to_host) return fake_acl::kError;
-  ++fake_acl::state().async_copies;
-  static_cast<fake_acl::Stream*>(stream)->work.push_back([=] { std::memcpy(dst, src, count); });
-  return ACL_SUCCESS;
-}
-
 inline aclError aclrtSynchronizeStream(aclrtStream stream) {
+  if (fake_acl::state().fail_synchronize_stream > 0) {
+    --fake_acl::state().fail_synchronize_stream;
+    return fake_acl::kError;
+  }
   auto* s = static_cast<fake_acl::Stream*>(stream);
   s->run_until(s->work.size());
   return ACL_SUCCESS;
@@ -121,6 +124,10 @@ inline aclError aclrtCreateEvent(aclrtEvent* event) {
 }
 
 inline aclError aclrtRecordEvent(aclrtEvent event, aclrtStream stream) {
+  if (fake_acl::state().fail_record_event > 0) {
+    --fake_acl::state().fail_record_event;
+    return fake_acl::kError;
+  }
   auto* e = static_cast<fake_acl::Event*>(event);
   e->stream = static_cast<fake_acl::Stream*>(stream);
   e->mark = e->stream->work.size();
@@ -132,3 +139,21 @@ inline aclError aclrtSynchronizeEvent(aclrtEvent event) {
   if (e->stream != nullptr) e->stream->run_until(e->mark);
   return ACL_SUCCESS;
 }
+
+// CANN's tiling/platform/platform_ascendc.h, as far as the launcher uses it.
+namespace platform_ascendc {
+enum class CoreMemType { UB = 5 };
+class PlatformAscendC {
+ public:
+  void GetCoreMemSize(const CoreMemType&, uint64_t& size) const {
+    size = static_cast<uint64_t>(fake_acl::state().platform_ub_bytes);
+  }
+};
+class PlatformAscendCManager {
+ public:
+  static PlatformAscendC* GetInstance(const char*) {
+    static PlatformAscendC platform;
+    return fake_acl::state().platform_ub_bytes > 0 ? &platform : nullptr;
+  }
+};
+}  // namespace platform_ascendc

@@ -11,6 +11,7 @@
 
 #include "check.hpp"
 #include "lmcache_ascend/ascend_tiling.hpp"
+#include "lmcache_ascend/device_registration.hpp"
 #include "lmcache_ascend/transfer.hpp"
 
 namespace kvtest {
@@ -52,12 +53,31 @@ struct Memory {
   }
 };
 
-struct SlotReader {
-  const void* data;
-  int32_t bytes;
-  int64_t operator()(int64_t t) const {
-    return bytes == 4 ? static_cast<const int32_t*>(data)[t] : static_cast<const int64_t*>(data)[t];
+// A DeviceRegistrar test double: registered host range i maps to device_base + i * window, or to
+// its own host address when device_base is 0 (as with VA-flag registration).
+class RangeRegistrar : public DeviceRegistrar {
+ public:
+  RangeRegistrar() = default;
+  RangeRegistrar(uintptr_t device_base, uintptr_t window) : device_base_(device_base), window_(window) {}
+  std::vector<std::pair<uintptr_t, size_t>> ranges;
+  std::string name() const override { return "test-ranges"; }
+  Status register_host(void* ptr, size_t size) override {
+    ranges.emplace_back(reinterpret_cast<uintptr_t>(ptr), size);
+    return Status::Ok();
   }
+  Status unregister_host(void*) override { return Status::Ok(); }
+  Status device_address(void* host_ptr, uintptr_t* out) const override {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(host_ptr);
+    for (size_t i = 0; i < ranges.size(); ++i)
+      if (p >= ranges[i].first && p < ranges[i].first + ranges[i].second) {
+        *out = device_base_ == 0 ? p : device_base_ + i * window_ + (p - ranges[i].first);
+        return Status::Ok();
+      }
+    return Status::Error(StatusCode::kInvalidArgument, "address not in any registered range");
+  }
+
+ private:
+  uintptr_t device_base_ = 0, window_ = 0;
 };
 
 // ---------------------------------------------------------------- the kernel, emulated on the CPU
@@ -138,7 +158,8 @@ struct Emulator {
   void run(const uint8_t* descriptor, const uint64_t* plane_ptrs, const void* slot_data, uint32_t block_dim) {
     p = load<KernelParams>(descriptor);
     if (static_cast<int64_t>(block_dim) != p.used_cores) problem("blockDim differs from used_cores");
-    const SlotReader slots{slot_data, p.slot_bytes};
+    const SlotMapping mapping{slot_data, 0, p.slot_bytes};
+    const auto slots = [&mapping](int64_t token) { return mapping.at(token); };
     ub.assign(static_cast<size_t>(p.buffer_bytes), 0xCD);
     for (int64_t core = 0; core < static_cast<int64_t>(block_dim); ++core) {
       int64_t begin = 0, count = 0;

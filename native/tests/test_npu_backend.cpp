@@ -8,9 +8,11 @@
 #include <vector>
 
 #include "check.hpp"
+#include "kv_test_support.hpp"
 #include "lmcache_ascend/device_registration.hpp"
 #include "lmcache_ascend/npu_backend.hpp"
 #include "lmcache_ascend/transfer.hpp"
+#include "lmcache_ascend/transfer_validation.hpp"
 
 using namespace lmcache_ascend;
 
@@ -54,28 +56,9 @@ struct Little {
   size_t chunk_bytes() const { return chunk.size() * sizeof(uint16_t); }
 };
 
-// Maps each registered host range to its own device window: range i at kDeviceBase + i * kWindow.
-class WindowRegistrar : public DeviceRegistrar {
- public:
-  static constexpr uintptr_t kDeviceBase = 0x100000000000ULL;
-  static constexpr uintptr_t kWindow = 0x10000000ULL;
-  std::vector<std::pair<uintptr_t, size_t>> ranges;
-  std::string name() const override { return "test-windows"; }
-  Status register_host(void* ptr, size_t size) override {
-    ranges.emplace_back(reinterpret_cast<uintptr_t>(ptr), size);
-    return Status::Ok();
-  }
-  Status unregister_host(void*) override { return Status::Ok(); }
-  Status device_address(void* host_ptr, uintptr_t* out) const override {
-    const uintptr_t p = reinterpret_cast<uintptr_t>(host_ptr);
-    for (size_t i = 0; i < ranges.size(); ++i)
-      if (p >= ranges[i].first && p < ranges[i].first + ranges[i].second) {
-        *out = kDeviceBase + i * kWindow + (p - ranges[i].first);
-        return Status::Ok();
-      }
-    return Status::Error(StatusCode::kInvalidArgument, "address not in any registered range");
-  }
-};
+// Each registered host range gets its own device window: range i at kDeviceBase + i * kWindow.
+constexpr uintptr_t kDeviceBase = 0x100000000000ULL;
+constexpr uintptr_t kWindow = 0x10000000ULL;
 
 void test_missing_library() {
   Little l;
@@ -124,7 +107,7 @@ void test_prepare_maps_registered_host_chunks() {
     fused.fused = true;
     CHECK(prepare_npu_transfer(&l.r, 1, nullptr, fused, &p).ok() && p.fused);
   }
-  WindowRegistrar registrar;
+  kvtest::RangeRegistrar registrar(kDeviceBase, kWindow);
   install_device_registrar(&registrar);
   {  // Registered: mapped to the device window, zero-copy.
     Little l;
@@ -132,7 +115,7 @@ void test_prepare_maps_registered_host_chunks() {
     PreparedNpuTransfer p;
     CHECK(prepare_npu_transfer(&l.r, 1, nullptr, host, &p).ok());
     CHECK(!p.fused);
-    CHECK(p.groups[0].chunks[0].base == WindowRegistrar::kDeviceBase);
+    CHECK(p.groups[0].chunks[0].base == kDeviceBase);
     CHECK(l.r.chunks[0].base == l.chunk_address());  // the caller's request is left alone
     NpuTransferOptions device = host;
     device.chunks_on_host = false;  // chunks in NPU memory are used as they are
@@ -178,8 +161,45 @@ void test_prepare_validates_the_host_copy_of_the_slots() {
   int64_t other[2] = {0, 1};
   groups[1].slots.data = other;
   st = prepare_npu_transfer(groups, 2, host_copy, device, &p);
-  CHECK_CONTAINS(st.message, "plane group 1 has another slot mapping than group 0");
+  CHECK_CONTAINS(st.message, "plane group 1 differs from group 0 in layers, chunks, slot mapping");
   CHECK(prepare_npu_transfer(nullptr, 0, nullptr, device, &p).code == StatusCode::kInvalidArgument);
+}
+
+// Shapes and strides come from Python unchecked: products that wrap around int64 must be refused
+// (naming the field), not pass as small extents. The NPU path validates with the same code.
+void test_huge_dimensions_do_not_wrap() {
+  const int64_t huge = INT64_MAX / 2 + 1;
+  {
+    Little l;
+    l.r.page.block_stride = INT64_MAX;  // (num_blocks - 1) * block_stride + the rest wraps negative
+    Status st = transfer_kv(l.r);
+    CHECK(st.code == StatusCode::kOutOfRange);
+    CHECK_CONTAINS(st.message, "paged KV cache layout is too large");
+    CHECK_CONTAINS(st.message, "block_stride=" + std::to_string(INT64_MAX));
+  }
+  {
+    Little l;
+    l.r.page.num_blocks = huge;  // num_blocks * block_size wraps
+    l.r.page.block_stride = 0;
+    Status st = transfer_kv(l.r);
+    CHECK(st.code == StatusCode::kOutOfRange);
+    CHECK_CONTAINS(st.message, "num_blocks is too large");
+  }
+  {
+    Little l;
+    l.ref.strides.token_stride = huge;  // fits in elements, wraps once multiplied by 2-byte elements
+    Status st = transfer_kv(l.r);
+    CHECK(st.code == StatusCode::kOutOfRange);
+    CHECK_CONTAINS(st.message, "chunk 0 is too large");
+    CHECK_CONTAINS(st.message, "token_stride=");
+    l.ref.strides.token_stride = INT64_MAX;  // wraps in elements already
+    CHECK(validate_transfer_request(l.r).code == StatusCode::kOutOfRange);
+    int64_t bytes = 0;
+    CHECK(chunk_bytes_touched(l.r, 0, &bytes).code == StatusCode::kOutOfRange);
+    l.ref.strides.token_stride = 16;
+    CHECK(chunk_bytes_touched(l.r, 0, &bytes).ok());
+    CHECK_EQ(bytes, static_cast<int64_t>(l.chunk_bytes()));
+  }
 }
 
 }  // namespace
@@ -188,5 +208,6 @@ int main() {
   test_missing_library();
   test_prepare_maps_registered_host_chunks();
   test_prepare_validates_the_host_copy_of_the_slots();
+  test_huge_dimensions_do_not_wrap();
   return lmcache_ascend_test::finish("test_npu_backend");
 }

@@ -2,11 +2,14 @@
 // host-memory ACL whose streams defer work until the host waits) and an emulated kernel: the same
 // launcher code that ships, from the host copy of the slots to the last staging copy, checked
 // against the CPU backend for every layout, zero-copy / fused / auto-staged / device chunks, host
-// and device slot mappings, pipelined launches through the ring of launch slots, and its errors.
+// and device slot mappings (rewritten after validation: the kernel must follow the validated copy),
+// pipelined launches through the ring of launch slots, failures after the launch, the UB size the
+// platform reports, and its errors.
 // What this cannot show is whether the real runtime and kernel behave like the fakes.
 #define LMCACHE_ASCEND_ACL_HEADER "../../tests/fake_acl.hpp"
 #define LMCACHE_ASCEND_AICORE_ARCH 220
 #define LMCACHE_ASCEND_SOC_VERSION "Ascend910B1"
+#define LMCACHE_ASCEND_HAVE_PLATFORM 1
 #include "../ascend/launch/npu_launcher.cpp"
 
 #include <cstdint>
@@ -35,6 +38,7 @@ fake_acl::Stream& test_stream() {
 // Host buffers the emulated kernel may touch besides fake device allocations.
 std::vector<std::pair<const uint8_t*, size_t>> g_host_buffers;
 std::vector<uint32_t> g_block_dims;
+std::vector<int64_t> g_buffer_bytes;  // KernelParams::buffer_bytes of every launch
 int g_kernel_problems = 0;
 std::string g_first_problem;
 
@@ -55,27 +59,6 @@ void run_kernel(uint32_t block_dim, const uint8_t* descriptor, const uint8_t* pl
   if (emu.problems && g_kernel_problems++ == 0) g_first_problem = emu.first_problem;
 }
 
-// Device addresses equal host addresses for registered ranges (as with VA-flag registration).
-class IdentityRegistrar : public DeviceRegistrar {
- public:
-  std::vector<std::pair<uintptr_t, size_t>> ranges;
-  std::string name() const override { return "test-identity"; }
-  Status register_host(void* ptr, size_t size) override {
-    ranges.emplace_back(reinterpret_cast<uintptr_t>(ptr), size);
-    return Status::Ok();
-  }
-  Status unregister_host(void*) override { return Status::Ok(); }
-  Status device_address(void* host_ptr, uintptr_t* out) const override {
-    const uintptr_t p = reinterpret_cast<uintptr_t>(host_ptr);
-    for (const auto& r : ranges)
-      if (p >= r.first && p < r.first + r.second) {
-        *out = p;
-        return Status::Ok();
-      }
-    return Status::Error(StatusCode::kInvalidArgument, "not registered");
-  }
-};
-
 enum class ChunkMode { kRegistered, kFused, kAutoStaged, kOnDevice };
 const char* mode_name(ChunkMode m) {
   static const char* names[] = {"registered", "fused", "auto-staged", "device"};
@@ -88,11 +71,14 @@ struct Launch {
   Snapshot expected;
   void* device_slots = nullptr;
   std::vector<TransferRequest> groups;
-  IdentityRegistrar registrar;
+  RangeRegistrar registrar;  // device address = host address
   std::string what;
 };
 
-bool start(Launch& l, ChunkMode mode, bool slots_on_device, fake_acl::Stream* stream) {
+// The device copy of the slots is rewritten after validation (other slots, all in range): the
+// kernel must still move what the validated host copy says. With `error` the launch may fail and
+// its message lands there.
+bool start(Launch& l, ChunkMode mode, bool slots_on_device, fake_acl::Stream* stream, std::string* error = nullptr) {
   World& w = *l.world;
   l.what = w.cfg.describe() + " " + mode_name(mode) + (slots_on_device ? " device-slots" : " host-slots");
   const Snapshot before = snapshot(w);
@@ -126,10 +112,24 @@ bool start(Launch& l, ChunkMode mode, bool slots_on_device, fake_acl::Stream* st
     return false;
   }
   CHECK(prepared.fused == (mode == ChunkMode::kFused || mode == ChunkMode::kAutoStaged));
-  NpuLaunchArgs args{stream, l.device_slots, options.chunks_on_host ? 1 : 0, prepared.fused ? 1 : 0};
+  if (slots_on_device) {  // the engine reuses its slot tensor: every slot now names the next one
+    const int64_t num_slots = w.groups[0].page.num_slots();
+    for (int64_t t = 0; t < w.cfg.tokens; ++t) {
+      const int64_t next = (std::max<int64_t>(w.slots64[static_cast<size_t>(t)], 0) + 1) % num_slots;
+      if (w.cfg.int32_slots)
+        static_cast<int32_t*>(l.device_slots)[t] = static_cast<int32_t>(next);
+      else
+        static_cast<int64_t*>(l.device_slots)[t] = next;
+    }
+  }
+  NpuLaunchArgs args{stream, prepared.fused ? 1 : 0};
   char err[1024] = {0};
   const int32_t code = lmcache_ascend_npu_transfer_kv(prepared.groups.data(), static_cast<int32_t>(prepared.groups.size()),
                                                       &args, err, sizeof(err));
+  if (error != nullptr) {
+    *error = err;
+    return code == 0;
+  }
   if (!CHECK(code == 0)) std::fprintf(stderr, "  %s: %s\n", l.what.c_str(), err);
   return code == 0;
 }
@@ -187,7 +187,8 @@ void test_every_mode_matches_the_cpu_backend() {
   if (!CHECK_EQ(g_kernel_problems, 0)) std::fprintf(stderr, "  first kernel problem: %s\n", g_first_problem.c_str());
 }
 
-// More launches in flight than launch slots: a slot is reused only after its kernel ran.
+// More launches in flight than launch slots: a slot is reused only after its kernel ran. (Staged
+// gathers wait inside the call, so device and registered chunks keep the stream busy.)
 void test_pipelined_launches_share_the_ring_safely() {
   std::mt19937 rng(7);
   fake_acl::Stream& stream = test_stream();
@@ -198,7 +199,7 @@ void test_pipelined_launches_share_the_ring_safely() {
     c.layout = Layout::kFlash;
     build(worlds[i], c);
     launches[i].world = &worlds[i];
-    CHECK(start(launches[i], i % 2 ? ChunkMode::kFused : ChunkMode::kOnDevice, false, &stream));
+    CHECK(start(launches[i], i % 2 ? ChunkMode::kRegistered : ChunkMode::kOnDevice, i % 3 == 0, &stream));
   }
   CHECK(stream.done < stream.work.size());  // the host did not wait for everything
   CHECK(aclrtSynchronizeStream(&stream) == ACL_SUCCESS);
@@ -206,7 +207,9 @@ void test_pipelined_launches_share_the_ring_safely() {
   g_host_buffers.clear();
 }
 
-void test_refused_async_copy_falls_back_to_a_synchronous_one() {
+// A staged gather into host memory is complete when the launcher returns: the staging buffer came
+// back with synchronous copies after the kernel ran, without the caller waiting on the stream.
+void test_staged_gather_is_complete_on_return() {
   std::mt19937 rng(11);
   fake_acl::Stream& stream = test_stream();
   Config c = random_config(rng);
@@ -214,13 +217,98 @@ void test_refused_async_copy_falls_back_to_a_synchronous_one() {
   c.skip_prob = 0.3;
   World w;
   build(w, c);
-  fake_acl::state().refuse_async_device_to_host = true;
   Launch l{&w, {}, nullptr, {}, {}, {}};
   CHECK(start(l, ChunkMode::kFused, false, &stream));
-  fake_acl::state().refuse_async_device_to_host = false;
-  finish(l);  // already complete: the fallback waited for the kernel
-  CHECK(aclrtSynchronizeStream(&stream) == ACL_SUCCESS);
+  CHECK(stream.done == stream.work.size());
+  finish(l);
   g_host_buffers.clear();
+}
+
+// aclrtRecordEvent fails after the kernel was queued: the call fails, but only after the kernel
+// ran, so its launch slot is not reused under it; the next launches (more than the ring holds,
+// without waiting) stay correct.
+void test_a_failure_after_the_launch_keeps_the_ring_safe() {
+  std::mt19937 rng(13);
+  fake_acl::Stream& stream = test_stream();
+  std::vector<World> worlds(2 * kRingSize + 1);
+  std::vector<Launch> launches(worlds.size());
+  for (size_t i = 0; i < worlds.size(); ++i) {
+    Config c = random_config(rng);
+    c.layout = Layout::kFlash;
+    c.skip_prob = 0;
+    build(worlds[i], c);
+    launches[i].world = &worlds[i];
+  }
+  fake_acl::state().fail_record_event = 1;
+  std::string error;
+  CHECK(!start(launches[0], ChunkMode::kOnDevice, false, &stream, &error));
+  CHECK_CONTAINS(error, "aclrtRecordEvent failed with ACL error");
+  CHECK(stream.done == stream.work.size());  // the launcher waited for the kernel it had queued
+  finish(launches[0]);  // and that kernel did its work
+  for (size_t i = 1; i < launches.size(); ++i) CHECK(start(launches[i], ChunkMode::kOnDevice, false, &stream));
+  CHECK(stream.done < stream.work.size());
+  CHECK(aclrtSynchronizeStream(&stream) == ACL_SUCCESS);
+  for (size_t i = 1; i < launches.size(); ++i) finish(launches[i]);
+  if (!CHECK_EQ(g_kernel_problems, 0)) std::fprintf(stderr, "  first kernel problem: %s\n", g_first_problem.c_str());
+  g_host_buffers.clear();
+}
+
+// When even the wait after a failed launch fails, the device's workspace is refused from then on:
+// its ring may hold buffers a kernel still reads.
+void test_a_failed_wait_after_a_failed_launch_retires_the_workspace() {
+  std::mt19937 rng(19);
+  fake_acl::Stream& stream = test_stream();
+  fake_acl::state().device = 31;
+  Config c = random_config(rng);
+  c.layout = Layout::kFlash;
+  World w;
+  build(w, c);
+  Launch l{&w, {}, nullptr, {}, {}, {}};
+  fake_acl::state().fail_record_event = 1;
+  fake_acl::state().fail_synchronize_stream = 1;
+  std::string error;
+  CHECK(!start(l, ChunkMode::kOnDevice, false, &stream, &error));
+  CHECK_CONTAINS(error, "the NPU transfer workspace of device 31 is unusable");
+  CHECK_CONTAINS(error, "aclrtRecordEvent failed");
+  CHECK_CONTAINS(error, "restart the process");
+  Launch again{&w, {}, nullptr, {}, {}, {}};
+  CHECK(!start(again, ChunkMode::kOnDevice, false, &stream, &error));
+  CHECK_CONTAINS(error, "is unusable");
+  CHECK(aclrtSynchronizeStream(&stream) == ACL_SUCCESS);  // the first kernel runs while its world lives
+  finish(l);
+  fake_acl::state().device = 0;
+  g_host_buffers.clear();
+}
+
+// The UB size the platform library reports caps the chip table's, never raises it.
+void test_the_queried_ub_size_caps_the_table() {
+  std::mt19937 rng(17);
+  fake_acl::Stream& stream = test_stream();
+  const int64_t table_buffer = ub_buffer_bytes(kvtest::chip("Ascend910B1"));
+  const int64_t small_buffer = 4096;
+  struct Case {
+    int32_t device;
+    int64_t reported;
+    int64_t max_buffer;
+  } cases[] = {{21, kUbReservedBytes + 2 * small_buffer, small_buffer}, {22, int64_t{1} << 30, table_buffer}};
+  for (const Case& k : cases) {
+    fake_acl::state().device = k.device;  // a new workspace asks the platform once
+    fake_acl::state().platform_ub_bytes = k.reported;
+    Config c = random_config(rng);
+    c.layout = Layout::kFlash, c.es = 2, c.heads = 2, c.head_size = 128, c.tokens = 20, c.num_blocks = 5;
+    c.block_size = 4, c.chunk_tokens = 16;
+    World w;
+    build(w, c);
+    Launch l{&w, {}, nullptr, {}, {}, {}};
+    CHECK(start(l, ChunkMode::kOnDevice, false, &stream));
+    CHECK(aclrtSynchronizeStream(&stream) == ACL_SUCCESS);
+    finish(l);
+    CHECK(!g_buffer_bytes.empty() && g_buffer_bytes.back() <= k.max_buffer);
+    g_host_buffers.clear();
+  }
+  CHECK(g_buffer_bytes.size() >= 2 && g_buffer_bytes.back() > small_buffer);
+  fake_acl::state().device = 0;
+  fake_acl::state().platform_ub_bytes = 0;
 }
 
 void test_core_count_comes_from_the_runtime_and_empty_transfers_do_not_launch() {
@@ -254,7 +342,7 @@ void test_launcher_errors_say_what_to_do() {
   World w;
   build(w, Config{});
   fake_acl::Stream& stream = test_stream();
-  NpuLaunchArgs args{&stream, nullptr, 0, 0};
+  NpuLaunchArgs args{&stream, 0};
   char err[1024] = {0};
   auto launch_once = [&] {
     std::memset(err, 0, sizeof(err));
@@ -301,6 +389,9 @@ extern "C" int32_t lmcache_ascend_launch_kv_transfer(uint32_t block_dim, void* s
   if (elem_size != 1 && elem_size != 2 && elem_size != 4) return -1;
   if (slot_bytes != 4 && slot_bytes != 8) return -1;
   launcher_test::g_block_dims.push_back(block_dim);
+  KernelParams params;
+  std::memcpy(&params, descriptor, sizeof(params));  // uploaded before the launch
+  launcher_test::g_buffer_bytes.push_back(params.buffer_bytes);
   static_cast<fake_acl::Stream*>(stream)->work.push_back([=] {
     launcher_test::run_kernel(block_dim, descriptor, plane_ptrs, slots, elem_size, slot_bytes);
   });
@@ -310,7 +401,10 @@ extern "C" int32_t lmcache_ascend_launch_kv_transfer(uint32_t block_dim, void* s
 int main() {
   launcher_test::test_every_mode_matches_the_cpu_backend();
   launcher_test::test_pipelined_launches_share_the_ring_safely();
-  launcher_test::test_refused_async_copy_falls_back_to_a_synchronous_one();
+  launcher_test::test_staged_gather_is_complete_on_return();
+  launcher_test::test_a_failure_after_the_launch_keeps_the_ring_safe();
+  launcher_test::test_a_failed_wait_after_a_failed_launch_retires_the_workspace();
+  launcher_test::test_the_queried_ub_size_caps_the_table();
   launcher_test::test_core_count_comes_from_the_runtime_and_empty_transfers_do_not_launch();
   launcher_test::test_launcher_errors_say_what_to_do();
   return lmcache_ascend_test::finish("test_npu_launcher");

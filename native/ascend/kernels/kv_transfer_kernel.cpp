@@ -10,6 +10,11 @@
 // in neither direction. Every address and copy length comes from ascend_kernel_params.hpp, whose
 // rules the CPU emulator in native/tests checks.
 //
+// The descriptor, pointer table and slots are read by the scalar unit through the per-core data
+// cache, and the launcher rewrites those buffers (by DMA) between launches: every core invalidates
+// its whole data cache at entry, before the first scalar read, so no line of an earlier launch's
+// tables survives.
+//
 // Elements move as raw bits through a carrier type of the same width (int8_t, half, float): the
 // copies never convert, so bf16 moves bit-exactly through the 2-byte carrier and no bfloat16_t
 // appears in device code (310P has none). Never compiled or run here: see native/ascend/README.md.
@@ -98,6 +103,10 @@ class KvTransfer {
   __aicore__ inline KvTransfer() {}
 
   __aicore__ inline void Init(GM_ADDR descriptor, GM_ADDR plane_ptrs, GM_ADDR slots) {
+    // ENTIRE_DATA_CACHE ignores the address: any global tensor will do.
+    AscendC::GlobalTensor<uint8_t> any;
+    any.SetGlobalBuffer(reinterpret_cast<__gm__ uint8_t*>(descriptor), sizeof(KernelParams));
+    AscendC::DataCacheCleanAndInvalid<uint8_t, AscendC::CacheLine::ENTIRE_DATA_CACHE>(any);
     descriptor_ = descriptor;
     LoadWords(&params_, descriptor);
     plane_ptrs_ = reinterpret_cast<__gm__ uint64_t*>(plane_ptrs);
@@ -154,8 +163,13 @@ class KvTransfer {
 }  // namespace npu
 }  // namespace lmcache_ascend
 
-// One entry per (element width, slot width). A data-movement kernel needs vector cores only.
-#if defined(KERNEL_TASK_TYPE_DEFAULT) && defined(__CCE_AICORE__) && __CCE_AICORE__ >= 220
+// One entry per (element width, slot width). A data-movement kernel needs vector cores only: on the
+// 220 cores the launcher's blockDim counts vector cores, which holds only for an AIV-only kernel, so
+// a toolchain without the macro must fail the build rather than launch a mixed kernel.
+#if defined(__CCE_AICORE__) && __CCE_AICORE__ >= 220
+#ifndef KERNEL_TASK_TYPE_DEFAULT
+#error "KERNEL_TASK_TYPE_DEFAULT is not defined: this AscendC toolkit cannot mark the kernel AIV-only (KERNEL_TYPE_AIV_ONLY); build with a newer CANN toolkit"
+#endif
 #define LMCACHE_ASCEND_VECTOR_ONLY() KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY)
 #else
 #define LMCACHE_ASCEND_VECTOR_ONLY()

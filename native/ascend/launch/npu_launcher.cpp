@@ -5,14 +5,19 @@
 //
 // Device buffers come in a ring of launch slots, each guarded by an event recorded after its
 // launch, so consecutive transfers pipeline on the stream and a slot is rewritten only after the
-// kernel that read it has finished. The paged pointer tables are cached by content: an engine's KV
-// cache pointers stay the same for the life of the process. Never compiled or run here: see
-// native/ascend/README.md.
+// kernel that read it has finished. Once a kernel is queued its slot is marked pending at once, so
+// an error later in the call cannot let the slot's buffers be reused under a running kernel. The
+// paged pointer tables are cached by content: an engine's KV cache pointers stay the same for the
+// life of the process. The kernel always reads the validated host copy of the slots, uploaded here.
+// Never compiled or run against the real runtime here: see native/ascend/README.md.
 // native/tests builds this file against a host-memory stand-in of the ACL runtime.
 #ifdef LMCACHE_ASCEND_ACL_HEADER
 #include LMCACHE_ASCEND_ACL_HEADER
 #else
 #include <acl/acl.h>
+#if LMCACHE_ASCEND_HAVE_PLATFORM
+#include "tiling/platform/platform_ascendc.h"
+#endif
 #endif
 
 #include <cstdio>
@@ -96,6 +101,7 @@ struct LaunchSlot {
 
 struct Workspace {
   bool ready = false;
+  std::string broken;  // why launches are refused: a kernel may still use buffers we could not wait for
   ChipInfo chip;
   int32_t cores = 0;
   LaunchSlot ring[kRingSize];
@@ -105,6 +111,20 @@ struct Workspace {
 
 std::mutex g_mutex;
 std::map<int32_t, Workspace> g_workspaces;  // by device id
+
+// UB per core as the platform library reports it, 0 when it cannot answer (or is not linked).
+int64_t queried_ub_bytes(const char* soc) {
+#if LMCACHE_ASCEND_HAVE_PLATFORM
+  platform_ascendc::PlatformAscendC* platform = platform_ascendc::PlatformAscendCManager::GetInstance(soc);
+  if (platform == nullptr) return 0;
+  uint64_t ub = 0;
+  platform->GetCoreMemSize(platform_ascendc::CoreMemType::UB, ub);
+  return static_cast<int64_t>(ub);
+#else
+  (void)soc;
+  return 0;
+#endif
+}
 
 Status init_workspace(int32_t device, Workspace* ws) {
   const char* soc = aclrtGetSocName();
@@ -125,6 +145,7 @@ Status init_workspace(int32_t device, Workspace* ws) {
   if (aclGetDeviceCapability(static_cast<uint32_t>(device), kind, &cores) == ACL_SUCCESS && cores > 0)
     ws->chip.vector_cores = static_cast<int32_t>(std::min<int64_t>(cores, ws->chip.vector_cores));
   ws->cores = ws->chip.vector_cores;
+  apply_queried_ub(&ws->chip, queried_ub_bytes(soc));
   for (LaunchSlot& slot : ws->ring) ACL_TRY(aclrtCreateEvent(&slot.done));
   ws->ready = true;
   return Status::Ok();
@@ -164,6 +185,7 @@ Status launch(const TransferRequest* groups, int32_t num_groups, const lmcache_a
                          "no NPU is current on this thread (aclrtGetDevice failed with ACL error " +
                              std::to_string(static_cast<int>(code)) + "): call torch.npu.set_device(...) first");
   Workspace& ws = g_workspaces[device];
+  if (!ws.broken.empty()) return Status::Error(StatusCode::kRuntimeError, ws.broken);
   if (!ws.ready) {
     Status st = init_workspace(device, &ws);
     if (!st.ok()) return st;
@@ -172,7 +194,7 @@ Status launch(const TransferRequest* groups, int32_t num_groups, const lmcache_a
   PlanOptions options;
   options.chip = ws.chip;
   options.cores = ws.cores;
-  options.stage_chunks = args.chunks_on_host && args.fused;
+  options.stage_chunks = args.fused != 0;
   LaunchPlan plan;
   Status st = plan_launch(groups, num_groups, options, &plan);
   if (!st.ok()) return st;
@@ -213,39 +235,47 @@ Status launch(const TransferRequest* groups, int32_t num_groups, const lmcache_a
   ACL_TRY(aclrtMemcpy(slot.descriptor.ptr, slot.descriptor.size, descriptor.data(), descriptor.size(),
                       ACL_MEMCPY_HOST_TO_DEVICE));
 
-  void* device_slots = const_cast<void*>(args.device_slots);
-  if (device_slots == nullptr) {
-    const size_t bytes = static_cast<size_t>(groups[0].slots.length * groups[0].slots.index_bytes);
-    st = slot.slots.reserve(bytes);
-    if (!st.ok()) return st;
-    ACL_TRY(aclrtMemcpy(slot.slots.ptr, slot.slots.size, groups[0].slots.data, bytes, ACL_MEMCPY_HOST_TO_DEVICE));
-    device_slots = slot.slots.ptr;
-  }
+  // Always the validated host copy: the caller's slot tensor may change after the check.
+  const size_t slot_bytes = static_cast<size_t>(groups[0].slots.length * groups[0].slots.index_bytes);
+  st = slot.slots.reserve(slot_bytes);
+  if (!st.ok()) return st;
+  ACL_TRY(aclrtMemcpy(slot.slots.ptr, slot.slots.size, groups[0].slots.data, slot_bytes, ACL_MEMCPY_HOST_TO_DEVICE));
 
   aclrtStream stream = static_cast<aclrtStream>(args.stream);
   if (lmcache_ascend_launch_kv_transfer(plan.block_dim(), stream, static_cast<uint8_t*>(slot.descriptor.ptr),
-                                        static_cast<uint8_t*>(table), static_cast<uint8_t*>(device_slots),
+                                        static_cast<uint8_t*>(table), static_cast<uint8_t*>(slot.slots.ptr),
                                         plan.params.elem_size, plan.params.slot_bytes) != 0)
     return Status::Error(StatusCode::kInvalidArgument,
                          "no kernel for " + std::to_string(plan.params.elem_size) + "-byte elements with " +
                              std::to_string(plan.params.slot_bytes) + "-byte slots");
 
-  // Gather into host chunks: the staging buffer goes back to the host behind the kernel.
-  if (plan.staged && gather) {
-    for (const StagingCopy& copy : plan.staging_copies) {
-      code = aclrtMemcpyAsync(host_address(copy), static_cast<size_t>(copy.bytes), device_address(copy),
-                              static_cast<size_t>(copy.bytes), ACL_MEMCPY_DEVICE_TO_HOST, stream);
-      if (code != ACL_SUCCESS) {
-        // Pageable host memory may refuse asynchronous copies: finish the kernel, copy synchronously.
-        ACL_TRY(aclrtSynchronizeStream(stream));
-        ACL_TRY(aclrtMemcpy(host_address(copy), static_cast<size_t>(copy.bytes), device_address(copy),
-                            static_cast<size_t>(copy.bytes), ACL_MEMCPY_DEVICE_TO_HOST));
-      }
+  // The kernel is queued: from here on an error must not leave its buffers unguarded.
+  code = aclrtRecordEvent(slot.done, stream);
+  if (code == ACL_SUCCESS) slot.pending = true;
+  st = code == ACL_SUCCESS ? Status::Ok() : acl_failure("aclrtRecordEvent", code);
+  // Gather into host chunks: once the kernel has run, the staging buffer goes back to the host with
+  // synchronous copies (the host memory need not be registered or pinned for ACL).
+  if (st.ok() && plan.staged && gather) {
+    code = aclrtSynchronizeStream(stream);
+    st = code == ACL_SUCCESS ? Status::Ok() : acl_failure("aclrtSynchronizeStream", code);
+    for (size_t i = 0; st.ok() && i < plan.staging_copies.size(); ++i) {
+      const StagingCopy& copy = plan.staging_copies[i];
+      code = aclrtMemcpy(host_address(copy), static_cast<size_t>(copy.bytes), device_address(copy),
+                         static_cast<size_t>(copy.bytes), ACL_MEMCPY_DEVICE_TO_HOST);
+      if (code != ACL_SUCCESS) st = acl_failure("aclrtMemcpy of the staging buffer to host memory", code);
     }
   }
-  ACL_TRY(aclrtRecordEvent(slot.done, stream));
-  slot.pending = true;
-  return Status::Ok();
+  if (st.ok()) return st;
+  // Failed after the launch: wait for the kernel so nothing it reads is reused or freed under it.
+  code = aclrtSynchronizeStream(stream);
+  if (code == ACL_SUCCESS) {
+    slot.pending = false;
+    return st;
+  }
+  ws.broken = "the NPU transfer workspace of device " + std::to_string(device) +
+              " is unusable: a launch failed (" + st.message + ") and waiting for its kernel failed too (ACL error " +
+              std::to_string(static_cast<int>(code)) + "); restart the process";
+  return Status::Error(StatusCode::kRuntimeError, ws.broken);
 }
 
 int32_t report(const Status& st, char* err, size_t err_len) {

@@ -70,25 +70,27 @@ struct Tile {
 };
 
 // Launch-wide parameters, followed in device memory by the chunk table
-// (num_chunks * num_planes ChunkPlane, chunk-major) and the tile table (num_tiles Tile).
+// (num_chunks * num_planes ChunkPlane, chunk-major) and the tile table (num_tiles Tile). Fields
+// marked "host" are not read by the kernel: the launcher and the CPU emulator in native/tests use
+// them (the kernel's widths are template arguments, its copy instruction a compile-time choice).
 struct KernelParams {
-  int64_t num_layers;
+  int64_t num_layers;         // host
   int64_t num_planes;
-  int64_t num_chunks;
+  int64_t num_chunks;         // host
   int64_t num_tiles;
-  int64_t num_items;          // num_layers * num_planes * num_tiles
+  int64_t num_items;          // host: num_layers * num_planes * num_tiles
   int64_t used_cores;         // blockDim of the launch
   int64_t items_per_core;     // num_items / used_cores
   int64_t items_remainder;    // the first `items_remainder` cores take one item more
-  int64_t tile_tokens;        // most tokens in one tile
+  int64_t tile_tokens;        // host: most tokens in one tile
   int64_t buffer_bytes;       // bytes of each of the two UB buffers
   int64_t skip_prefix_n_tokens;
   int64_t chunk_table_offset;  // bytes from the start of KernelParams
   int64_t tile_table_offset;
   int32_t direction;          // kGather or kScatter
-  int32_t slot_bytes;         // 4 or 8
-  int32_t elem_size;          // 1, 2 or 4
-  int32_t has_copy_pad;       // 1: DataCopyPad (byte-exact lengths); 0: whole 32-byte blocks only
+  int32_t slot_bytes;         // host: 4 or 8 (picks the kernel entry)
+  int32_t elem_size;          // host: 1, 2 or 4 (picks the kernel entry)
+  int32_t has_copy_pad;       // host: 1: DataCopyPad (byte-exact lengths); 0: whole 32-byte blocks only
   PlaneDesc planes[kMaxPlanes];
 };
 

@@ -28,10 +28,13 @@ struct AscendRuntimePaths {
   std::string driver_version_fallback;  // driver/version.info's Version, used when dsmi cannot answer
 };
 
-// Idempotent: a second call while enabled returns Ok and keeps the first registrar.
+// Idempotent: a second call while enabled returns Ok and keeps the first registrar. Refused (with a
+// kRuntimeError that says so) on Ascend310P, where the NPU cannot map host memory.
 Status enable_ascend_registration(const AscendRuntimePaths& paths);
-// Uninstalls the registrar and unloads the libraries; kInvalidArgument while any range is still
-// registered through it.
+// Uninstalls the registrar; kInvalidArgument (and it stays installed) while any range is still
+// registered through it. The registrar object and its libraries stay loaded until the process exits,
+// because other threads may still hold the pointer device_registrar() returned; it registers nothing
+// more. A later enable installs a new one.
 Status disable_ascend_registration();
 // "ascend-acl: aclrtHostRegister (driver 25.0.rc1; /usr/local/.../libascendcl.so)", "" when not enabled.
 std::string ascend_registration_description();

@@ -27,7 +27,7 @@ enum class ChipFamily : int32_t { kUnknown = 0, kAscend910B = 1, kAscend910_93 =
 struct ChipInfo {
   ChipFamily family = ChipFamily::kUnknown;
   int32_t vector_cores = 0;  // AIV cores on 910B / A3 (separated cores), AI cores on 310P (coupled)
-  int64_t ub_bytes = 0;      // unified buffer per core
+  int64_t ub_bytes = 0;      // unified buffer per core (see apply_queried_ub)
   int32_t aicore_arch = 0;   // 220 (910B, A3) or 200 (310P)
   bool has_copy_pad = false; // DataCopyPad (byte-exact GM lengths) exists on 910B and A3 only
 };
@@ -54,12 +54,20 @@ inline bool chip_info_for_soc(const char* soc, ChipInfo* out) {
   } else if (starts("Ascend910_93")) {
     c = {ChipFamily::kAscend910_93, 48, 192 * 1024, 220, true};
   } else if (starts("Ascend310P")) {
+    // UB size from a secondary source: the launcher takes the smaller of this and the size the
+    // platform library reports (PlatformAscendC::GetCoreMemSize) where it can ask.
     c = {ChipFamily::kAscend310P, 8, 256 * 1024, 200, false};
   } else {
     return false;
   }
   *out = c;
   return true;
+}
+
+// The UB size the runtime reports on this machine, when it answers (0: no answer): the table value
+// is an upper bound we trust less than the runtime, so the smaller one wins.
+inline void apply_queried_ub(ChipInfo* chip, int64_t queried) {
+  if (queried > 0 && queried < chip->ub_bytes) chip->ub_bytes = queried;
 }
 
 // UB kept free for the AscendC runtime; the rest is split into two buffers (double buffering: the
@@ -109,6 +117,43 @@ struct LaunchPlan {
   }
 };
 
+// Plane groups of one launch share layers, chunks, slots, skipped prefix and direction, and hold
+// at most kMaxPlanes planes together. Checked by the CPU library before validation and again by
+// the planner.
+inline Status check_plane_groups(const TransferRequest* groups, int32_t num_groups) {
+  if (groups == nullptr || num_groups < 1)
+    return Status::Error(StatusCode::kInvalidArgument, "no transfer given: pass at least one TransferRequest");
+  const TransferRequest& g0 = groups[0];
+  int64_t planes = 0;
+  for (int32_t g = 0; g < num_groups; ++g) {
+    const TransferRequest& r = groups[g];
+    const std::string which = "plane group " + std::to_string(g);
+    planes += r.page.num_planes;
+    if (r.page.elem_size != g0.page.elem_size)
+      return Status::Error(StatusCode::kInvalidArgument,
+                           which + " has " + std::to_string(r.page.elem_size) + "-byte elements but group 0 has " +
+                               std::to_string(g0.page.elem_size) + ": every plane of one launch needs the same dtype");
+    if (r.page.num_layers != g0.page.num_layers || r.num_chunks != g0.num_chunks ||
+        r.slots.data != g0.slots.data || r.slots.length != g0.slots.length ||
+        r.slots.index_bytes != g0.slots.index_bytes || r.skip_prefix_n_tokens != g0.skip_prefix_n_tokens ||
+        r.direction != g0.direction)
+      return Status::Error(StatusCode::kInvalidArgument,
+                           which + " differs from group 0 in layers, chunks, slot mapping, skip_prefix_n_tokens or "
+                                   "direction: plane groups of one launch share everything but the planes");
+    if (r.num_chunks > 0 && (r.chunks == nullptr || g0.chunks == nullptr))
+      return Status::Error(StatusCode::kInvalidArgument, which + " has chunks but a null chunk table");
+    for (int64_t c = 0; c < r.num_chunks; ++c)
+      if (r.chunks[c].token_begin != g0.chunks[c].token_begin || r.chunks[c].token_end != g0.chunks[c].token_end)
+        return Status::Error(StatusCode::kInvalidArgument,
+                             which + " chunk " + std::to_string(c) + " covers other tokens than in group 0");
+  }
+  if (planes > kMaxPlanes)
+    return Status::Error(StatusCode::kInvalidArgument,
+                         "the launch has " + std::to_string(planes) + " planes per layer; the NPU kernel takes at most " +
+                             std::to_string(kMaxPlanes) + " (K+V, MLA latent+rope, DSA latent+rope+indexer)");
+  return Status::Ok();
+}
+
 namespace detail {
 
 inline Status plan_error(StatusCode code, const std::string& msg) { return Status::Error(code, msg); }
@@ -117,38 +162,6 @@ inline Status plan_error(StatusCode code, const std::string& msg) { return Statu
 inline bool gap_fits(int64_t gap, bool copy_pad) {
   if (gap < 0) return false;
   return copy_pad ? gap <= kMaxU32 : gap % kUbBlockBytes == 0 && gap / kUbBlockBytes <= kMaxU16;
-}
-
-inline Status check_groups(const TransferRequest* groups, int32_t num_groups) {
-  if (groups == nullptr || num_groups < 1)
-    return plan_error(StatusCode::kInvalidArgument, "no transfer given: pass at least one TransferRequest");
-  const TransferRequest& g0 = groups[0];
-  int64_t planes = 0;
-  for (int32_t g = 0; g < num_groups; ++g) {
-    const TransferRequest& r = groups[g];
-    const std::string which = "plane group " + std::to_string(g);
-    planes += r.page.num_planes;
-    if (r.page.elem_size != g0.page.elem_size)
-      return plan_error(StatusCode::kInvalidArgument,
-                        which + " has " + std::to_string(r.page.elem_size) + "-byte elements but group 0 has " +
-                            std::to_string(g0.page.elem_size) + ": every plane of one launch needs the same dtype");
-    if (r.page.num_layers != g0.page.num_layers || r.num_chunks != g0.num_chunks ||
-        r.slots.data != g0.slots.data || r.slots.length != g0.slots.length ||
-        r.slots.index_bytes != g0.slots.index_bytes || r.skip_prefix_n_tokens != g0.skip_prefix_n_tokens ||
-        r.direction != g0.direction)
-      return plan_error(StatusCode::kInvalidArgument,
-                        which + " differs from group 0 in layers, chunks, slot mapping, skip_prefix_n_tokens or "
-                                "direction: plane groups of one launch share everything but the planes");
-    for (int64_t c = 0; c < r.num_chunks; ++c)
-      if (r.chunks[c].token_begin != g0.chunks[c].token_begin || r.chunks[c].token_end != g0.chunks[c].token_end)
-        return plan_error(StatusCode::kInvalidArgument,
-                          which + " chunk " + std::to_string(c) + " covers other tokens than in group 0");
-  }
-  if (planes > kMaxPlanes)
-    return plan_error(StatusCode::kInvalidArgument,
-                      "the launch has " + std::to_string(planes) + " planes per layer; the NPU kernel takes at most " +
-                          std::to_string(kMaxPlanes) + " (K+V, MLA latent+rope, DSA latent+rope+indexer)");
-  return Status::Ok();
 }
 
 inline Status describe_plane(const PageLayout& page, const ChipInfo& chip, int64_t plane_index, PlaneDesc* out) {
@@ -232,7 +245,7 @@ inline std::vector<std::pair<int64_t, int64_t>> touched_ranges(const TransferReq
 // slot mapping in groups[0].slots must be readable on the host.
 inline Status plan_launch(const TransferRequest* groups, int32_t num_groups, const PlanOptions& options,
                           LaunchPlan* out) {
-  Status st = detail::check_groups(groups, num_groups);
+  Status st = check_plane_groups(groups, num_groups);
   if (!st.ok()) return st;
   const ChipInfo& chip = options.chip;
   if (chip.family == ChipFamily::kUnknown || chip.ub_bytes <= kUbReservedBytes || chip.vector_cores < 1)

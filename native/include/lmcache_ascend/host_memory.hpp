@@ -64,5 +64,6 @@ bool has_cap_ipc_lock();
 long huge_pages_free();                     // free 2 MiB huge pages, -1 if unknown
 int numa_node_count();                      // nodes under /sys/devices/system/node, >= 1
 std::string human_bytes(size_t bytes);
+std::string hex_address(uintptr_t address);  // "0x7f12a0000000"
 
 }  // namespace lmcache_ascend

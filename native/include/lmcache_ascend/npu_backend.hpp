@@ -32,9 +32,13 @@ struct NpuTransferOptions {
 // Moves KV between a paged cache in device memory and LMCache chunks on the NPU. `groups` are plane
 // groups sharing layers, chunks and slots (one for K/V or MLA; latent + rope or DSA's three planes
 // as separate groups because their widths differ). Validates everything on the host (copying a
-// device slot mapping back first) before the launch; on error nothing was written. Returns after
-// the launch is queued on `options.stream`; a gather into host chunks returns once the host holds
-// the data (the caller reads it next), everything else without waiting.
+// device slot mapping back first) before the launch; on error nothing was written. The kernel
+// always reads the validated host copy of the slots (uploaded by the launcher), never the
+// caller's slot tensor, so a slot mapping rewritten after the check cannot reach the kernel.
+// Returns after the launch is queued on `options.stream` when every chunk is device memory. When
+// the chunks are host memory (`chunks_on_host`, zero-copy or staged, either direction) it returns
+// only once the device has finished with them: the caller may read, reuse or free them right after
+// (LMCache frees memory objects as soon as a retrieve returns).
 Status npu_transfer_kv(const TransferRequest* groups, int32_t num_groups, const NpuTransferOptions& options);
 
 // Absolute path liblmcache_ascend_npu.so is loaded from (next to the CPU library).
@@ -55,13 +59,11 @@ Status prepare_npu_transfer(const TransferRequest* groups, int32_t num_groups, c
 // ---- C ABI of liblmcache_ascend_npu.so (looked up with dlsym; no C++ types cross by value) ----
 
 // Bumped whenever a struct below or a TransferRequest field changes.
-constexpr int32_t kNpuAbiVersion = 1;
+constexpr int32_t kNpuAbiVersion = 2;
 
 struct NpuLaunchArgs {
-  void* stream;               // aclrtStream
-  const void* device_slots;   // slot mapping in device memory, or null: upload the host copy
-  int32_t chunks_on_host;     // 1: chunk bases are host addresses (fused: staged; else already mapped)
-  int32_t fused;              // 1: stage host chunks through a device buffer
+  void* stream;   // aclrtStream
+  int32_t fused;  // 1: chunk bases are host addresses, staged through a device buffer
 };
 
 }  // namespace lmcache_ascend
@@ -73,8 +75,9 @@ typedef int32_t (*lmcache_ascend_npu_copy_to_host_fn)(void* host_dst, const void
                                                       void* stream, char* err, size_t err_len);
 // Waits until everything queued on `stream` has run. Returns a StatusCode.
 typedef int32_t (*lmcache_ascend_npu_synchronize_fn)(void* stream, char* err, size_t err_len);
-// Launches one validated transfer: groups[*].slots.data is a host copy of the slot mapping.
-// Returns a StatusCode; on error `err` holds the message.
+// Launches one validated transfer: groups[*].slots.data is the validated host copy of the slot
+// mapping, which the launcher uploads for the kernel. A fused gather returns once the host chunks
+// hold the data. Returns a StatusCode; on error `err` holds the message.
 typedef int32_t (*lmcache_ascend_npu_transfer_kv_fn)(const lmcache_ascend::TransferRequest* groups,
                                                      int32_t num_groups, const lmcache_ascend::NpuLaunchArgs* args,
                                                      char* err, size_t err_len);
