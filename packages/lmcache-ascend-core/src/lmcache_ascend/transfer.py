@@ -138,9 +138,10 @@ def transfer_kv(
     The backend follows the KV cache's device (backend_for). For an NPU cache with memory objects in
     host memory, `fused` picks how the NPU reaches them: True stages through device memory with
     one copy per touched range, False requires them registered with the device (zero-copy), None
-    (default) zero-copy when every memory object is registered, else stages the whole call. A gather into host memory returns
-    once the host holds the data; other NPU transfers are queued on the current NPU stream, all
-    plane groups in one launch.
+    (default) zero-copy when every memory object is registered, else stages the whole call. A call whose memory objects are in
+    host memory (either direction, zero-copy or staged) returns once the NPU is done with them;
+    with memory objects in NPU memory it returns once queued on the current NPU stream. All plane
+    groups go in one launch.
     """
     slots = slot_view(slot_mapping)
     backend = backend_for(paged.device, [chunk.view.device for chunk, _, _ in chunks], slots.device)
