@@ -99,6 +99,7 @@ int aclrtGetDevice(int32_t* device) {
   *device = current_device;
   return 0;
 }
+const char* aclrtGetSocName(void) { return getenv("FAKE_SOC_NAME"); /* NULL: unnamed, as old runtimes */ }
 int aclrtSetDevice(int32_t device) {
   record("aclrtSetDevice %d", device);
   current_device = device;
@@ -290,6 +291,23 @@ def test_status_names_the_path_and_driver(fake_runtime, tmp_path):
     name, how = out
     assert name == "ascend-acl"
     assert how == f"ascend-acl: aclrtHostRegister (driver 25.1.0; {fake_runtime['acl']})"
+
+
+def test_310p_refuses_registration_and_pools_stay_unregistered(fake_runtime, tmp_path):
+    # CANN maps host memory for the NPU on A2/A3 only; the 310P stages instead.
+    out, calls = run_child(fake_runtime, tmp_path, """
+        try:
+            m.enable_device_registration(driver_root=NO_DRIVER)
+            error = None
+        except RuntimeError as exc:
+            error = str(exc)
+        pool = m.HostPool(1 << 20)
+        print(json.dumps([error, m.device_registration_status()[0], pool.registered]))
+    """, FAKE_DRIVER_VERSION="25.0.rc1", FAKE_SOC_NAME="Ascend310P3")
+    error, name, registered = out
+    assert "not available on Ascend310P3" in error and "stage through device memory" in error
+    assert name is None and registered is False
+    assert not any("HostRegister" in call for call in calls)
 
 
 def test_pinned_allocations_are_registered_and_unregistered_when_freed(fake_runtime, tmp_path):
