@@ -328,7 +328,7 @@ def run_contract_suites(session: nox.Session, row: dict) -> None:
 # its release's transformers / compressed-tensors pins (MATRIX "contract_deps").
 CONTRACT_VLLM_DEPS = ["pydantic", "cloudpickle", "pyzmq", "regex", "blake3", "cbor2", "pybase64", "setproctitle",
                       "einops", "pillow", "gguf", "fastapi", "uvicorn", "openai", "openai-harmony", "aiofile",
-                      "aiofiles", "redis", "httpx"]
+                      "aiofiles", "redis", "httpx", "msgspec"]
 
 
 def run_on_ascend(session: nox.Session, row: dict) -> None:
