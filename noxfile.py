@@ -26,7 +26,6 @@ CORE = ROOT / "packages" / "lmcache-ascend-core"
 #   checked: "end-to-end"    a real vLLM engine with our connector runs here (CPU platform)
 #            "contract"      that release's own Python code is installed here and our code is
 #                            checked against its interfaces; running it needs Ascend hardware
-#            "hardware-only" nothing of it can be checked here beyond what the other rows check
 #   torch / torch_npu / vllm_ascend: the pins of the release's stack on Ascend (the seed's README for
 #   the LMCache 0.3.x rows); sessions here always use CPU_TORCH, the only torch this machine has.
 #   python: the interpreter the row's sessions use (the seed supports 3.10-3.11; these machines have 3.11).
@@ -151,7 +150,7 @@ def _npu_session_name(row: dict) -> str | None:
 
 
 nox.options.sessions = ["build", "lint", "docs", "install_check", "tests_native", "tests_core", "tests_lmcache037",
-                        *(_session_name(r) for r in MATRIX if r["checked"] != "hardware-only")]
+                        *(_session_name(r) for r in MATRIX)]
 nox.options.error_on_missing_interpreters = True
 
 
@@ -363,9 +362,8 @@ def _define_row_sessions() -> None:
             run_on_ascend(session, row)
 
         stack = f"LMCache {row['lmcache']} + {row['vllm_dist']} {row['vllm']}"
-        if row["checked"] != "hardware-only":
-            here.__doc__ = f"{stack}: {row['checked']} here ({row['status']} upstream)"
-            nox.session(python=row["python"], name=_session_name(row), requires=["build"])(here)
+        here.__doc__ = f"{stack}: {row['checked']} here ({row['status']} upstream)"
+        nox.session(python=row["python"], name=_session_name(row), requires=["build"])(here)
         if row["vllm_ascend"]:
             npu.__doc__ = f"{stack} on an Ascend host (needs CANN and an NPU)"
             nox.session(python=False, name=_npu_session_name(row), default=False, tags=["npu"])(npu)
@@ -439,7 +437,6 @@ WHAT_RUNS = {
     "end-to-end": "end to end here: a real vLLM engine with our connector, Redis, the benchmarks",
     "contract": "contract-checked here: that release's vLLM and LMCache code installed, our code checked "
                 "against their interfaces; needs Ascend hardware to run",
-    "hardware-only": "needs Ascend hardware; its LMCache and connector code is the end-to-end row's",
 }
 
 
@@ -473,15 +470,14 @@ def render_compatibility() -> str:
             row["vllm_mindspore"] and f"vllm-mindspore r{row['vllm_mindspore']}") or row["vllm_dist"]
         framework = (f"MindSpore {row['mindspore']}" if row["mindspore"] else
                      " / ".join(v for v in (row["torch"], row["torch_npu"]) if v) or "as vllm-ascend pins")
-        sessions = [_session_name(row) if row["checked"] != "hardware-only" else None, _npu_session_name(row)]
+        sessions = [_session_name(row), _npu_session_name(row)]
         lines.append(f"| {row['name']} | {row['lmcache']} | {row['vllm']} | {cell(platform)} | {framework} | "
                      f"{row['python']} | {row['status']} | {row['checked']} | "
                      f"{', '.join(f'`{s}`' for s in sessions if s)} |")
     notes = [f"- **{row['name']}**: {row['notes']}" for row in MATRIX if row["notes"]]
     lines += ["", "## Notes per row", "", *notes] if notes else []
     lines += ["", "What each level means:", ""]
-    lines += [f"- **{level}**: {text}." for level, text in WHAT_RUNS.items()
-              if any(row["checked"] == level for row in MATRIX)]
+    lines += [f"- **{level}**: {text}." for level, text in WHAT_RUNS.items()]
     lines += ["", "## Install lines", ""]
     for row in MATRIX:
         lines += [f"- {row['name']}: `{install_line(row)}`"]

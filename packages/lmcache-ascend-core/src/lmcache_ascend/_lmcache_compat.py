@@ -13,6 +13,8 @@ import torch
 
 from lmcache.v1 import memory_management as _mm
 
+from lmcache_ascend.engine_formats import ENGINE_FORMATS
+
 MemoryFormat = _mm.MemoryFormat
 MemoryObjMetadata = _mm.MemoryObjMetadata
 TensorMemoryObj = _mm.TensorMemoryObj
@@ -167,17 +169,13 @@ def lmcache_setting_names() -> set[str]:
 # Imported on first use: the allocator above needs none of it.
 # =============================================================================================
 
-# LMCache 0.5's EngineKVFormat names -> lmcache_ascend.layouts.ENGINE_LAYOUTS name of one layer.
+# LMCache 0.5's EngineKVFormat names -> lmcache_ascend layout of one layer: engine_formats' table,
+# except that the connector splits K|V rows packed per head (vLLM's CPU platform) into K and V
+# planes, so its memory objects keep LMCache's standard KV_2LTD format.
 LAYOUT_OF_ENGINE_FORMAT = {
-    "NL_X_TWO_NB_BS_NH_HS": "flash_attn",     # [2, NB, BS, NH, HS]
-    "NL_X_NB_TWO_BS_NH_HS": "flashinfer",     # [NB, 2, BS, NH, HS]
-    "NL_X_NB_BS_HS": "mla",                   # [NB, BS, D]
-    "NL_X_TWO_NB_NH_BS_HS": "hnd",            # [2, NB, NH, BS, HS]
-    "NL_X_NB_TWO_NH_BS_HS": "flashinfer_hnd",  # [NB, 2, NH, BS, HS]
-    "NL_X_NB_NH_BS_CS": "cpu",                # [NB, NH, BS, 2*HS] vLLM CPU platform
-    "NL_X_NB_BS_NH_CS": "cpu_nhd",            # [NB, BS, NH, 2*HS]
-    "NL_X_TWO_X_NB_BS_NH_HS": "separate_kv",  # (K, V) [NB, BS, NH, HS] each (vLLM-Ascend)
-    "NL_X_NP_X_NB_BS_ONE_HS": "mla_planes",   # (latent, rope[, indexer]) [NB, BS, 1, W_i] (vLLM-Ascend MLA/DSA)
+    **{f.name: f.layout for f in ENGINE_FORMATS.values() if f.layout and not f.packed},
+    "NL_X_NB_NH_BS_CS": "cpu",      # [NB, NH, BS, 2*HS] vLLM CPU platform
+    "NL_X_NB_BS_NH_CS": "cpu_nhd",  # [NB, BS, NH, 2*HS]
 }
 
 

@@ -103,6 +103,10 @@ class PagedKV:
         return replace(self, plane_bases=self.plane_bases[index * planes:(index + 1) * planes], num_layers=1)
 
 
+def _of_first_member(name: str) -> property:
+    return property(lambda self: getattr(self.members[0], name), doc=f"{name} of the first member")
+
+
 @dataclass(frozen=True)
 class PlaneGroups:
     """A paged cache whose layer is several tensors of different widths (MLA latent + rope, DSA).
@@ -123,42 +127,17 @@ class PlaneGroups:
     def hidden(self) -> int:
         return sum(m.hidden for m in self.members)
 
-    @property
-    def num_layers(self) -> int:
-        return self.members[0].num_layers
-
-    @property
-    def num_planes(self) -> int:
-        return self.members[0].num_planes
-
-    @property
-    def itemsize(self) -> int:
-        return self.members[0].itemsize
-
-    @property
-    def dtype(self) -> str:
-        return self.members[0].dtype
-
-    @property
-    def device(self) -> str:
-        return self.members[0].device
-
-    @property
-    def device_index(self) -> int | None:
-        return self.members[0].device_index
-
-    # Block geometry of the first plane (the latent; an indexer plane may have more blocks).
-    @property
-    def num_blocks(self) -> int:
-        return self.members[0].num_blocks
-
-    @property
-    def block_size(self) -> int:
-        return self.members[0].block_size
-
-    @property
-    def num_slots(self) -> int:
-        return self.members[0].num_slots
+    # Shared by every member (describe_paged checks it), so read from the first. Block geometry is
+    # the first plane's (the latent; an indexer plane may have more blocks).
+    num_layers = _of_first_member("num_layers")
+    num_planes = _of_first_member("num_planes")
+    itemsize = _of_first_member("itemsize")
+    dtype = _of_first_member("dtype")
+    device = _of_first_member("device")
+    device_index = _of_first_member("device_index")
+    num_blocks = _of_first_member("num_blocks")
+    block_size = _of_first_member("block_size")
+    num_slots = _of_first_member("num_slots")
 
     def layer(self, index: int) -> "PlaneGroups":
         """The descriptor of one layer (layerwise transfers)."""
