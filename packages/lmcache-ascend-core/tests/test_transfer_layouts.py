@@ -139,3 +139,31 @@ def test_random_shapes_and_slot_mappings(layout, nb, bs, nh, hs, nl, seed, fill,
     expected = ref_scatter(layout, chunk, slots, layers)
     transfer(layout, layers, chunk, slots, SCATTER)
     assert all(same(a, b) for a, b in zip(layers, expected))
+
+
+# Transfers of >= 4 MiB write with non-temporal stores (native/cpu/transfer.cpp); every row size
+# class and a chunk off the 16-byte grid must still land bit-exact, and nothing around it.
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
+@pytest.mark.parametrize("layout,nh,hs", [("cpu", 8, 128), ("flash_attn", 8, 128), ("cpu", 3, 13),
+                                          ("separate_kv_hnd", 5, 40)])
+def test_large_transfers_are_exact(layout, nh, hs, offset):
+    gen = torch.Generator().manual_seed(nh * hs + offset)
+    nb, bs = 64, 16
+    nt = nb * bs - 3
+    width = hidden(layout, nh, hs)
+    nl = -(-(4 << 20) // (planes(layout) * nt * width * 2))  # layers enough for 4 MiB of fp16
+    layers = [make_layer(layout, nb, bs, nh, hs, torch.float16, gen) for _ in range(nl)]
+    slots = random_slots(nt, nb * bs, gen, torch.int64, hole_every=97, block_size=bs)
+    size = planes(layout) * nl * nt * width
+    backing = random_tensor((size + 2 * offset + 8,), torch.float16, gen)
+    chunk = backing[offset:offset + size].view(planes(layout), nl, nt, width)
+    untouched = backing.clone()
+    expected = ref_gather(layout, layers, slots, chunk.clone())
+    transfer(layout, layers, chunk, slots, GATHER)
+    assert same(chunk, expected)
+    assert same(backing[:offset], untouched[:offset]) and same(backing[offset + size:], untouched[offset + size:])
+
+    fresh = [make_layer(layout, nb, bs, nh, hs, torch.float16, gen) for _ in range(nl)]
+    expected = ref_scatter(layout, chunk, slots, fresh)
+    transfer(layout, fresh, chunk, slots, SCATTER)
+    assert all(same(a, b) for a, b in zip(fresh, expected))
