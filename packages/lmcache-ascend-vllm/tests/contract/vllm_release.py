@@ -117,12 +117,13 @@ def module_path(module: str) -> Path:
 POOL_GIB = 0.25  # LMCache's local CPU pool in these checks (its default is several GiB)
 
 
-def build_vllm_config(api: SimpleNamespace):
+def build_vllm_config(api: SimpleNamespace, connector: str = OUR_CLASS, module_path: str | None = OUR_MODULE):
     """A real VllmConfig of this release for a 2-layer Llama on the CPU platform, with our connector
-    (and the platform note from use_cpu_platform)."""
+    by default, or a connector name the factory has registered (module_path None); and the platform
+    note from use_cpu_platform."""
     platform = use_cpu_platform()
     model = api.ModelConfig(model=tiny_model_dir(), skip_tokenizer_init=True, dtype="float32")
-    ktc = api.KVTransferConfig(kv_connector=OUR_CLASS, kv_role="kv_both", kv_connector_module_path=OUR_MODULE,
+    ktc = api.KVTransferConfig(kv_connector=connector, kv_role="kv_both", kv_connector_module_path=module_path,
                                kv_connector_extra_config={"lmcache.max_local_cpu_size": POOL_GIB})
     config = api.VllmConfig(model_config=model, kv_transfer_config=ktc, device_config=api.DeviceConfig(device="cpu"))
     return config, platform
@@ -151,6 +152,26 @@ def tiny_model_dir() -> str:
                    "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2,
                    "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 128, "max_position_embeddings": 256}, f)
     return path
+
+
+# vllm-ascend (0.23) registers this name for LMCache on the NPU (see our
+# patch_vllm_ascend_connector_name); its platform and model plugins need torch_npu, so processes
+# that load vLLM's plugins here allow ours only.
+VLLM_ASCEND_NAME = "LMCacheAscendConnector"
+OUR_PLUGINS_ONLY = {"VLLM_PLUGINS": "lmcache_ascend"}
+
+
+def register_vllm_ascend_name(ours_first: bool = True) -> None:
+    """What a vllm-ascend process does at start-up for KV connectors, as far as it runs without an
+    NPU: vLLM loads the general plugins (ours: VLLM_PLUGINS allows only it) and vllm-ascend's
+    connector registration runs, in either order."""
+    from vllm.plugins import load_general_plugins
+    from vllm_ascend.distributed.kv_transfer import register_connector
+
+    os.environ.update(OUR_PLUGINS_ONLY)
+    steps = [load_general_plugins, register_connector]
+    for step in steps if ours_first else steps[::-1]:
+        step()
 
 
 def use_cpu_platform() -> str:

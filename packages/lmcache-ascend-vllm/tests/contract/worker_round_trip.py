@@ -5,6 +5,9 @@ vLLM's KVConnectorFactory builds the connector for a worker as that release's en
 distributed state on gloo, world size 1); LMCache's engine comes up through our patches with our
 connector and pool; it stores every layer of a vLLM-CPU-shaped paged cache and puts it back. Under
 an LMCache 0.3.x whose worker side is CUDA-only (0.3.3), our patch must refuse with the fix instead.
+With the argument LMCacheAscendConnector (vllm-ascend's name for LMCache on the NPU), the connector
+is asked for by that name after vLLM's plugins and vllm-ascend's registration ran, as in a
+vllm-ascend process.
 Ends with os._exit: LMCache leaves threads running that its own shutdown cannot stop cleanly.
 """
 from __future__ import annotations
@@ -21,18 +24,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 LAYOUT_HEADS = 2  # tiny_model_dir's num_key_value_heads
 
 
-def round_trip() -> str:
+def round_trip(connector_name: str | None) -> str:
     import torch
     from vllm.config import set_current_vllm_config
     from vllm.distributed.parallel_state import init_distributed_environment, initialize_model_parallel
 
     from lmcache_ascend.integration.vllm.kv_connectors import PagedKVConnector
-    from vllm_release import build_vllm_config, create_connector, import_vllm, resolve_kv_cache_layout
+    from vllm_release import (build_vllm_config, create_connector, import_vllm, register_vllm_ascend_name,
+                              resolve_kv_cache_layout)
 
     api, error = import_vllm()
     if api is None:
         raise RuntimeError(f"vLLM does not import: {error}")
-    config, _ = build_vllm_config(api)
+    if connector_name:
+        register_vllm_ascend_name()
+        config, _ = build_vllm_config(api, connector_name, None)
+    else:
+        config, _ = build_vllm_config(api)
     resolve_kv_cache_layout(config)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,6 +49,8 @@ def round_trip() -> str:
         init_distributed_environment(1, 0, f"tcp://127.0.0.1:{port}", 0, "gloo")
         initialize_model_parallel(1, 1)
         connector = create_connector(api, config, api.KVConnectorRole.WORKER)
+    if type(connector).__name__ != "LMCacheAscendConnectorV1Dynamic":
+        raise RuntimeError(f"{config.kv_transfer_config.kv_connector} built {type(connector)}, not our connector")
     impl = connector._lmcache_engine
     engine = getattr(impl, "lmcache_engine", None)
     if engine is None:
@@ -83,7 +93,7 @@ def round_trip() -> str:
 
 if __name__ == "__main__":
     try:
-        print(f"ROUND TRIP ok: {round_trip()}", flush=True)
+        print(f"ROUND TRIP ok: {round_trip(sys.argv[1] if len(sys.argv) > 1 else None)}", flush=True)
         code = 0
     except BaseException as exc:  # every outcome leaves through os._exit: LMCache's threads are not daemons
         traceback.print_exc()

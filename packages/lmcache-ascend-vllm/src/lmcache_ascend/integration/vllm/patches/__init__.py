@@ -1,4 +1,5 @@
-"""Every monkey patch this integration applies, one per module, applied by one explicit call.
+"""Every monkey patch this integration applies, one per module, applied by one explicit call
+(patch_vllm_ascend_connector_name excepted: vLLM runs it at start-up through ../plugin.py).
 
 Each module's docstring says why it exists, how it works, which upstream versions it targets and
 when to remove it. Patches are idempotent: vLLM's engine processes import and apply them again.
