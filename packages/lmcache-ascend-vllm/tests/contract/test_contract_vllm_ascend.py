@@ -54,11 +54,16 @@ def test_our_plugin_is_a_vllm_general_plugin():
     assert plugins.get("lmcache_ascend") == "lmcache_ascend.integration.vllm.plugin:register", plugins
 
 
-@pytest.mark.parametrize("ours_first", [True, False], ids=["our plugin first", "vllm-ascend's first"])
-def test_vllm_resolves_the_name_to_our_connector(ours_first):
-    """In a fresh process, as vLLM starts one: plugins, vllm-ascend's registration, then the
-    factory's lookup of the name (no module path given, as vllm-ascend's docs write it)."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]);"
+@pytest.mark.parametrize("order", ["ours first", "vllm-ascend's first", "its module imported first"])
+def test_vllm_resolves_the_name_to_our_connector(order):
+    """In a fresh process, as vLLM starts one: plugins and vllm-ascend's registration in either
+    order (or after something imported vllm-ascend's real module), then the factory's lookup of the
+    name (no module path given, as vllm-ascend's docs write it)."""
+    from lmcache_ascend.integration.vllm.patches.patch_vllm_ascend_connector_name import VLLM_ASCEND_MODULE
+
+    preload = f"import {VLLM_ASCEND_MODULE};" if order == "its module imported first" else ""
+    ours_first = order != "vllm-ascend's first"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]);" + preload +
             "from vllm_release import register_vllm_ascend_name, VLLM_ASCEND_NAME;"
             f"register_vllm_ascend_name(ours_first={ours_first});"
             "from vllm.config import KVTransferConfig;"
