@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import platform
 import shlex
 import shutil
 import tempfile
@@ -318,10 +319,16 @@ def install_vllm_stack(session: nox.Session) -> None:
     session.install("pytest>=8", *_pip_args())
 
 
-def ensure_redis(session: nox.Session) -> None:
-    if shutil.which("redis-server") is None:  # Debian's package; tests and benchmarks start it on loopback
+def ensure_debian_packages(session: nox.Session, packages: dict[str, str]) -> None:
+    """Install the Debian packages (name -> a program it provides) whose program is missing."""
+    missing = [package for package, program in packages.items() if shutil.which(program) is None]
+    if missing:
         session.run("apt-get", "update", "-qq", external=True)
-        session.run("apt-get", "install", "-y", "-qq", "redis-server", external=True)
+        session.run("apt-get", "install", "-y", "-qq", *missing, external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
+
+
+def ensure_redis(session: nox.Session) -> None:
+    ensure_debian_packages(session, {"redis-server": "redis-server"})  # tests and benchmarks start it on loopback
 
 
 def run_end_to_end(session: nox.Session, row: dict) -> None:
@@ -410,24 +417,41 @@ def _define_row_sessions() -> None:
 _define_row_sessions()
 
 
+# Where the native tests run: this machine (under ASan and UBSan), and aarch64, the CPU of the
+# Ascend hosts (Kunpeng), cross-compiled and run under qemu-user (no sanitizers there: ASan does
+# not run under qemu-user). Each: compiler, flags, runner prefix, Debian packages it needs.
+NATIVE_TARGETS = {
+    "host": (os.environ.get("CXX", "c++"), ["-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"], [],
+             {}),
+    "aarch64": ("aarch64-linux-gnu-g++", ["-O2"], ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
+                {"g++-aarch64-linux-gnu": "aarch64-linux-gnu-g++", "qemu-user": "qemu-aarch64"}),
+}
+
+
 @session(python=False)
 def tests_native(session: nox.Session) -> None:
-    """Plain C++ unit tests of native/ (Ascend tiling math, NPU launcher, ...) under ASan and UBSan."""
-    cxx = shlex.split(os.environ.get("CXX", "c++"))
-    flags = ["-std=c++17", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
-             "-fno-sanitize-recover=all", f"-I{ROOT / 'native' / 'include'}"]
-    out = Path(session.create_tmp())
+    """Plain C++ unit tests of native/ (Ascend tiling math, NPU launcher, the CPU backend they compare
+    with, ...) on this machine under ASan and UBSan, and on aarch64 under qemu-user."""
     tests = sorted((ROOT / "native" / "tests").glob("test_*.cpp"))
     if not tests:
         session.error("no native/tests/test_*.cpp found")
-    objects = []  # the CPU library's sources, compiled once for every test
-    for source in sorted((ROOT / "native" / "cpu").glob("*.cpp")):
-        objects.append(str(out / f"{source.stem}.o"))
-        session.run(*cxx, *flags, "-c", str(source), "-o", objects[-1], external=True, silent=True)
-    for test in tests:
-        exe = out / test.stem
-        session.run(*cxx, *flags, str(test), *objects, "-o", str(exe), "-pthread", "-ldl", external=True)
-        session.run(str(exe), external=True)
+    for target, (cxx, target_flags, runner, packages) in NATIVE_TARGETS.items():
+        if target == platform.machine():  # an aarch64 machine: "host" ran them natively
+            continue
+        ensure_debian_packages(session, packages)
+        flags = ["-std=c++17", "-g", "-Wall", "-Wextra", "-Werror", *target_flags, f"-I{ROOT / 'native' / 'include'}"]
+        out = Path(session.create_tmp()) / target
+        out.mkdir(exist_ok=True)
+        objects = []  # the CPU library's sources, compiled once for every test
+        for source in sorted((ROOT / "native" / "cpu").glob("*.cpp")):
+            objects.append(str(out / f"{source.stem}.o"))
+            session.run(*shlex.split(cxx), *flags, "-c", str(source), "-o", objects[-1], external=True, silent=True)
+        for test in tests:
+            exe = out / test.stem
+            session.run(*shlex.split(cxx), *flags, str(test), *objects, "-o", str(exe), "-pthread", "-ldl",
+                        external=True)
+            session.log(f"{target}: {test.stem}")
+            session.run(*runner, str(exe), external=True)
 
 
 @session(python="3.11")
@@ -504,12 +528,12 @@ def render_compatibility() -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in MATRIX:
-        platform = row["vllm_ascend"] and f"vllm-ascend {row['vllm_ascend']}" or (
+        plugin = row["vllm_ascend"] and f"vllm-ascend {row['vllm_ascend']}" or (
             row["vllm_mindspore"] and f"vllm-mindspore r{row['vllm_mindspore']}") or row["vllm_dist"]
         framework = (f"MindSpore {row['mindspore']}" if row["mindspore"] else
                      " / ".join(v for v in (row["torch"], row["torch_npu"]) if v) or "as vllm-ascend pins")
         sessions = [_session_name(row), _npu_session_name(row)]
-        lines.append(f"| {row['name']} | {row['lmcache']} | {row['vllm']} | {cell(platform)} | {framework} | "
+        lines.append(f"| {row['name']} | {row['lmcache']} | {row['vllm']} | {cell(plugin)} | {framework} | "
                      f"{row['python']} | {row['status']} | {row['checked']} | "
                      f"{', '.join(f'`{s}`' for s in sessions if s)} |")
     notes = [f"- **{row['name']}**: {row['notes']}" for row in MATRIX if row["notes"]]
