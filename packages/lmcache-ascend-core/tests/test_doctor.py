@@ -555,6 +555,26 @@ def test_installed_packages_against_a_matrix_file(tmp_path):
         assert npu["status"] == "warn" and "TORCH_DEVICE_BACKEND_AUTOLOAD=0" in npu["fix"]
 
 
+def test_vllm_ascends_connector_name_needs_our_vllm_plugin(tmp_path):
+    """vllm-ascend's LMCacheAscendConnector is ours only with lmcache-ascend-vllm's vLLM plugin loaded."""
+    site = tmp_path / "site"
+    write_dist(site, "vllm-ascend", "0.23.0")
+    env = dict(os.environ, PYTHONPATH=str(site))
+    env.pop("VLLM_PLUGINS", None)
+    has_vllm_wheel = doctor._dist_version("lmcache-ascend-vllm") is not None
+    check = by_name(doctor_json(env=env)[0]).get("package.vllm_ascend_connector")
+    if has_vllm_wheel:
+        assert check is None
+        check = by_name(doctor_json(env=dict(env, VLLM_PLUGINS="ascend"))[0])["package.vllm_ascend_connector"]
+        assert check["status"] == "warn" and "VLLM_PLUGINS='ascend' leaves out lmcache_ascend" in check["message"]
+        assert check["fix"].startswith("add it: VLLM_PLUGINS=ascend,lmcache_ascend")
+        assert "package.vllm_ascend_connector" not in by_name(
+            doctor_json(env=dict(env, VLLM_PLUGINS="ascend,lmcache_ascend"))[0])
+    else:
+        assert check["status"] == "warn" and check["fix"] == (
+            f"pip install lmcache-ascend-vllm=={lmcache_ascend.__version__}")
+
+
 def test_bad_matrix_file_is_a_usage_error(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"rows": [dict(row("x"), status="great")]}))

@@ -486,6 +486,8 @@ def check_packages(host: _Host, installed: Mapping[str, tuple[str, str] | None])
                             fix=f"install the torch-npu release built for torch {torch_release} (torch-npu "
                             f"{torch_release}.*), or the torch that torch-npu {npu[1]} was built for",
                             details={"torch_npu": npu[1], "torch": torch[1]}))
+    if installed.get("vllm_ascend") is not None:
+        checks.extend(_vllm_ascend_connector_name(host.env, siblings["lmcache-ascend-vllm"]))
     for dist, version in siblings.items():
         if version is not None and version != lmcache_ascend.__version__:
             checks.append(Check(f"package.{dist.replace('-', '_')}", WARN, f"{dist} {version} beside "
@@ -493,6 +495,24 @@ def check_packages(host: _Host, installed: Mapping[str, tuple[str, str] | None])
                                 fix=f"install matching releases: pip install {dist}=={lmcache_ascend.__version__}",
                                 details={"version": version, "core": lmcache_ascend.__version__}))
     return checks
+
+
+def _vllm_ascend_connector_name(env: Mapping[str, str], vllm_wheel: str | None) -> list[Check]:
+    """vllm-ascend's "LMCacheAscendConnector" is ours only through the vLLM wheel's vLLM plugin."""
+    name = "package.vllm_ascend_connector"
+    if vllm_wheel is None:
+        return [Check(name, WARN, "vllm-ascend is installed but lmcache-ascend-vllm is not: neither "
+                      "LMCacheAscendConnectorV1Dynamic nor vllm-ascend's LMCacheAscendConnector name can use "
+                      "lmcache-ascend (that name would run vLLM's stock LMCache connector)",
+                      fix=f"pip install lmcache-ascend-vllm=={lmcache_ascend.__version__}")]
+    allowed = env.get("VLLM_PLUGINS")
+    if allowed is not None and "lmcache_ascend" not in allowed.split(","):
+        return [Check(name, WARN, f"VLLM_PLUGINS={allowed!r} leaves out lmcache_ascend: vllm-ascend's "
+                      "LMCacheAscendConnector name would run vLLM's stock LMCache connector, not lmcache-ascend's",
+                      fix=f"add it: VLLM_PLUGINS={allowed + ',' if allowed else ''}lmcache_ascend (or configure "
+                      "the connector as LMCacheAscendConnectorV1Dynamic with its kv_connector_module_path)",
+                      details={"VLLM_PLUGINS": allowed})]
+    return []
 
 
 def check_matrix_file(installed: Mapping[str, tuple[str, str] | None], path: str | Path | None) -> Check:
