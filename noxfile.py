@@ -216,7 +216,8 @@ def enter_tmp(session: nox.Session) -> None:
     paths are limited to 107 bytes, which a deep checkout's .nox/<session>/tmp can exceed."""
     session.chdir(ROOT)
     session.chdir(Path(session.create_tmp()).resolve())
-    session.env["TMPDIR"] = tempfile.mkdtemp(prefix=SHORT_TMP_PREFIX)
+    if not Path(session.env.get("TMPDIR", "")).name.startswith(SHORT_TMP_PREFIX):  # one per session
+        session.env["TMPDIR"] = tempfile.mkdtemp(prefix=SHORT_TMP_PREFIX)
 
 
 def run_tests(session: nox.Session, tests: Path, *dists: str, files: list[str] | None = None) -> None:
@@ -322,6 +323,8 @@ def install_vllm_stack(session: nox.Session) -> None:
 def ensure_debian_packages(session: nox.Session, packages: dict[str, str]) -> None:
     """Install the Debian packages (name -> a program it provides) whose program is missing."""
     missing = [package for package, program in packages.items() if shutil.which(program) is None]
+    if missing and os.geteuid() != 0:
+        session.error(f"missing Debian packages {', '.join(missing)}: sudo apt-get install {' '.join(missing)}")
     if missing:
         session.run("apt-get", "update", "-qq", external=True)
         session.run("apt-get", "install", "-y", "-qq", *missing, external=True, env={"DEBIAN_FRONTEND": "noninteractive"})

@@ -555,24 +555,47 @@ def test_installed_packages_against_a_matrix_file(tmp_path):
         assert npu["status"] == "warn" and "TORCH_DEVICE_BACKEND_AUTOLOAD=0" in npu["fix"]
 
 
-def test_vllm_ascends_connector_name_needs_our_vllm_plugin(tmp_path):
-    """vllm-ascend's LMCacheAscendConnector is ours only with lmcache-ascend-vllm's vLLM plugin loaded."""
+def fake_vllm_ascend(site: Path, version: str, registers_the_name: bool) -> None:
+    """vllm-ascend's metadata and package directory; releases that register LMCacheAscendConnector
+    ship its module (doctor reads the files: importing vllm-ascend needs torch_npu)."""
+    write_dist(site, "vllm-ascend", version)
+    package = site / "vllm_ascend"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    if registers_the_name:
+        module = package.joinpath(*doctor.VLLM_ASCEND_CONNECTOR_MODULE)
+        module.parent.mkdir(parents=True)
+        module.write_text("import lmcache_ascend\n")
+
+
+@pytest.mark.parametrize("plugins, left_out", [
+    (None, None), ("ascend,ascend_kv_connector,lmcache_ascend", None), ("ascend", "ascend_kv_connector,lmcache_ascend"),
+    ("ascend,ascend_kv_connector", "lmcache_ascend"), ("", "ascend_kv_connector,lmcache_ascend"),
+])
+def test_vllm_ascends_connector_name_needs_both_plugins(tmp_path, plugins, left_out):
+    """vllm-ascend's LMCacheAscendConnector reaches our connector only with vllm-ascend's connector
+    registration and lmcache-ascend-vllm's vLLM plugin both loaded."""
     site = tmp_path / "site"
-    write_dist(site, "vllm-ascend", "0.23.0")
-    env = dict(os.environ, PYTHONPATH=str(site))
-    env.pop("VLLM_PLUGINS", None)
-    has_vllm_wheel = doctor._dist_version("lmcache-ascend-vllm") is not None
+    fake_vllm_ascend(site, "0.23.0", registers_the_name=True)
+    write_dist(site, "lmcache-ascend-vllm", lmcache_ascend.__version__)
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_PLUGINS"}
+    env.update(PYTHONPATH=str(site), **({} if plugins is None else {"VLLM_PLUGINS": plugins}))
     check = by_name(doctor_json(env=env)[0]).get("package.vllm_ascend_connector")
-    if has_vllm_wheel:
+    if left_out is None:
         assert check is None
-        check = by_name(doctor_json(env=dict(env, VLLM_PLUGINS="ascend"))[0])["package.vllm_ascend_connector"]
-        assert check["status"] == "warn" and "VLLM_PLUGINS='ascend' leaves out lmcache_ascend" in check["message"]
-        assert check["fix"].startswith("add it: VLLM_PLUGINS=ascend,lmcache_ascend")
-        assert "package.vllm_ascend_connector" not in by_name(
-            doctor_json(env=dict(env, VLLM_PLUGINS="ascend,lmcache_ascend"))[0])
-    else:
-        assert check["status"] == "warn" and check["fix"] == (
-            f"pip install lmcache-ascend-vllm=={lmcache_ascend.__version__}")
+        return
+    assert check["status"] == "warn" and f"leaves out {left_out.replace(',', ', ')}" in check["message"]
+    assert check["fix"].startswith(f"add them: VLLM_PLUGINS={plugins + ',' if plugins else ''}{left_out} ")
+
+
+def test_vllm_ascend_without_that_name_or_without_our_vllm_wheel(tmp_path):
+    site = tmp_path / "site"
+    fake_vllm_ascend(site, "0.11.0", registers_the_name=False)  # older releases: nothing to serve
+    env = dict(os.environ, PYTHONPATH=str(site), VLLM_PLUGINS="ascend")
+    assert "package.vllm_ascend_connector" not in by_name(doctor_json(env=env)[0])
+    missing = doctor._vllm_ascend_connector_name({}, vllm_wheel=None)[0]
+    assert missing.status == "warn" and "runs vLLM's stock LMCache connector" in missing.message
+    assert missing.fix == f"pip install lmcache-ascend-vllm=={lmcache_ascend.__version__}"
 
 
 def test_bad_matrix_file_is_a_usage_error(tmp_path, capsys):

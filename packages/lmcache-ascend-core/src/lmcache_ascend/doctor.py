@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import dataclasses
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -486,7 +487,7 @@ def check_packages(host: _Host, installed: Mapping[str, tuple[str, str] | None])
                             fix=f"install the torch-npu release built for torch {torch_release} (torch-npu "
                             f"{torch_release}.*), or the torch that torch-npu {npu[1]} was built for",
                             details={"torch_npu": npu[1], "torch": torch[1]}))
-    if installed.get("vllm_ascend") is not None:
+    if installed.get("vllm_ascend") is not None and _registers_lmcache_ascend_connector():
         checks.extend(_vllm_ascend_connector_name(host.env, siblings["lmcache-ascend-vllm"]))
     for dist, version in siblings.items():
         if version is not None and version != lmcache_ascend.__version__:
@@ -497,21 +498,38 @@ def check_packages(host: _Host, installed: Mapping[str, tuple[str, str] | None])
     return checks
 
 
+# vllm-ascend releases that register "LMCacheAscendConnector" (0.23 does) ship this module; the
+# vLLM wheel's plugin serves it with our connector (patch_vllm_ascend_connector_name).
+VLLM_ASCEND_CONNECTOR_MODULE = ("distributed", "kv_transfer", "kv_pool", "lmcache_ascend_connector.py")
+# vLLM plugins that name needs: vllm-ascend's registration of it, and ours.
+VLLM_ASCEND_CONNECTOR_PLUGINS = ("ascend_kv_connector", "lmcache_ascend")
+
+
+def _registers_lmcache_ascend_connector() -> bool:
+    """Whether the installed vllm-ascend has that name (read from its files; importing it needs torch_npu)."""
+    try:
+        spec = importlib.util.find_spec("vllm_ascend")
+    except (ImportError, ValueError):
+        return False
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    return any(Path(root, *VLLM_ASCEND_CONNECTOR_MODULE).is_file() for root in roots)
+
+
 def _vllm_ascend_connector_name(env: Mapping[str, str], vllm_wheel: str | None) -> list[Check]:
     """vllm-ascend's "LMCacheAscendConnector" is ours only through the vLLM wheel's vLLM plugin."""
     name = "package.vllm_ascend_connector"
     if vllm_wheel is None:
-        return [Check(name, WARN, "vllm-ascend is installed but lmcache-ascend-vllm is not: neither "
-                      "LMCacheAscendConnectorV1Dynamic nor vllm-ascend's LMCacheAscendConnector name can use "
-                      "lmcache-ascend (that name would run vLLM's stock LMCache connector)",
-                      fix=f"pip install lmcache-ascend-vllm=={lmcache_ascend.__version__}")]
+        return [Check(name, WARN, "vllm-ascend registers LMCacheAscendConnector but lmcache-ascend-vllm is not "
+                      "installed: that name runs vLLM's stock LMCache connector, and LMCacheAscendConnectorV1Dynamic "
+                      "is missing", fix=f"pip install lmcache-ascend-vllm=={lmcache_ascend.__version__}")]
     allowed = env.get("VLLM_PLUGINS")
-    if allowed is not None and "lmcache_ascend" not in allowed.split(","):
-        return [Check(name, WARN, f"VLLM_PLUGINS={allowed!r} leaves out lmcache_ascend: vllm-ascend's "
-                      "LMCacheAscendConnector name would run vLLM's stock LMCache connector, not lmcache-ascend's",
-                      fix=f"add it: VLLM_PLUGINS={allowed + ',' if allowed else ''}lmcache_ascend (or configure "
+    left_out = [p for p in VLLM_ASCEND_CONNECTOR_PLUGINS if allowed is not None and p not in allowed.split(",")]
+    if left_out:
+        return [Check(name, WARN, f"VLLM_PLUGINS={allowed!r} leaves out {', '.join(left_out)}: vllm-ascend's "
+                      "LMCacheAscendConnector name would not reach lmcache-ascend's connector",
+                      fix=f"add them: VLLM_PLUGINS={','.join(([allowed] if allowed else []) + left_out)} (or configure "
                       "the connector as LMCacheAscendConnectorV1Dynamic with its kv_connector_module_path)",
-                      details={"VLLM_PLUGINS": allowed})]
+                      details={"VLLM_PLUGINS": allowed, "left_out": left_out})]
     return []
 
 

@@ -29,10 +29,13 @@ pytestmark = pytest.mark.skipif(VLLM_ASCEND is None, reason="vllm-ascend is not 
                                 "vllm-ascend release registers LMCacheAscendConnector (0.23) install it")
 
 
+def _vllm_ascend_file(*parts: str) -> Path:
+    return Path(importlib.util.find_spec("vllm_ascend").submodule_search_locations[0], *parts)
+
+
 def _vllm_ascend_registration() -> dict[str, tuple[str, str]]:
     """name -> (module, class) of every KVConnectorFactory.register_connector call in vllm-ascend."""
-    source = Path(importlib.util.find_spec("vllm_ascend").submodule_search_locations[0],
-                  "distributed", "kv_transfer", "__init__.py")
+    source = _vllm_ascend_file("distributed", "kv_transfer", "__init__.py")
     found = {}
     for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "register_connector" and \
@@ -92,10 +95,6 @@ def test_worker_moves_kv_through_our_stack_under_vllm_ascends_name():
 
 
 # ---- the KV caches a vllm-ascend worker registers ------------------------------------------------
-
-def _vllm_ascend_file(*parts: str) -> Path:
-    return Path(importlib.util.find_spec("vllm_ascend").submodule_search_locations[0], *parts)
-
 
 def _kv_cache_shape(relative: str, backend: str, **dims: int) -> tuple[int, ...]:
     """What `backend.get_kv_cache_shape(**dims)` in vllm-ascend's `relative` returns, read from its

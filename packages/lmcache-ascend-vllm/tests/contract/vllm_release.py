@@ -117,13 +117,13 @@ def module_path(module: str) -> Path:
 POOL_GIB = 0.25  # LMCache's local CPU pool in these checks (its default is several GiB)
 
 
-def build_vllm_config(api: SimpleNamespace, connector: str = OUR_CLASS, module_path: str | None = OUR_MODULE):
+def build_vllm_config(api: SimpleNamespace, connector: str = OUR_CLASS, connector_module: str | None = OUR_MODULE):
     """A real VllmConfig of this release for a 2-layer Llama on the CPU platform, with our connector
-    by default, or a connector name the factory has registered (module_path None); and the platform
-    note from use_cpu_platform."""
+    by default, or a connector name the factory has registered (connector_module None); and the
+    platform note from use_cpu_platform."""
     platform = use_cpu_platform()
     model = api.ModelConfig(model=tiny_model_dir(), skip_tokenizer_init=True, dtype="float32")
-    ktc = api.KVTransferConfig(kv_connector=connector, kv_role="kv_both", kv_connector_module_path=module_path,
+    ktc = api.KVTransferConfig(kv_connector=connector, kv_role="kv_both", kv_connector_module_path=connector_module,
                                kv_connector_extra_config={"lmcache.max_local_cpu_size": POOL_GIB})
     config = api.VllmConfig(model_config=model, kv_transfer_config=ktc, device_config=api.DeviceConfig(device="cpu"))
     return config, platform
