@@ -214,10 +214,12 @@ def enter_tmp(session: nox.Session) -> None:
     create_tmp is relative to the current directory: taken from ROOT, so repeated calls do not nest.
     TMPDIR gets a short directory of its own: vLLM and LMCache put IPC sockets there, and socket
     paths are limited to 107 bytes, which a deep checkout's .nox/<session>/tmp can exceed."""
+    short = session.env.get("TMPDIR", "")  # read first: create_tmp points TMPDIR at its own directory
     session.chdir(ROOT)
     session.chdir(Path(session.create_tmp()).resolve())
-    if not Path(session.env.get("TMPDIR", "")).name.startswith(SHORT_TMP_PREFIX):  # one per session
-        session.env["TMPDIR"] = tempfile.mkdtemp(prefix=SHORT_TMP_PREFIX)
+    if not Path(short).name.startswith(SHORT_TMP_PREFIX):  # one per session, removed with it
+        short = tempfile.mkdtemp(prefix=SHORT_TMP_PREFIX)
+    session.env["TMPDIR"] = short
 
 
 def run_tests(session: nox.Session, tests: Path, *dists: str, files: list[str] | None = None) -> None:
