@@ -174,8 +174,8 @@ def session(**options):
                     tmp = session.env.get("TMPDIR")
                     if tmp and Path(tmp).name.startswith(SHORT_TMP_PREFIX):
                         shutil.rmtree(tmp, ignore_errors=True)
-                    venv = getattr(session.virtualenv, "location", None)
-                    if options.get("python") is not False and venv:
+                    venv = getattr(session.virtualenv, "location", None)  # none for python=False
+                    if venv:
                         shutil.rmtree(venv, ignore_errors=True)
         return nox.session(**options)(run)
     return decorate

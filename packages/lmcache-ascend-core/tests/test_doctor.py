@@ -563,7 +563,7 @@ def fake_vllm_ascend(site: Path, version: str, registers_the_name: bool) -> None
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     if registers_the_name:
-        module = package.joinpath(*doctor.VLLM_ASCEND_CONNECTOR_MODULE)
+        module = site.joinpath(*doctor.VLLM_ASCEND_CONNECTOR_MODULE.split(".")).with_suffix(".py")
         module.parent.mkdir(parents=True)
         module.write_text("import lmcache_ascend\n")
 

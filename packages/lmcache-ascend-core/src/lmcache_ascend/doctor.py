@@ -499,8 +499,9 @@ def check_packages(host: _Host, installed: Mapping[str, tuple[str, str] | None])
 
 
 # vllm-ascend releases that register "LMCacheAscendConnector" (0.23 does) ship this module; the
-# vLLM wheel's plugin serves it with our connector (patch_vllm_ascend_connector_name).
-VLLM_ASCEND_CONNECTOR_MODULE = ("distributed", "kv_transfer", "kv_pool", "lmcache_ascend_connector.py")
+# vLLM wheel's plugin serves it with our connector (patch_vllm_ascend_connector_name.VLLM_ASCEND_MODULE,
+# checked equal by the vllm-ascend contract tests).
+VLLM_ASCEND_CONNECTOR_MODULE = "vllm_ascend.distributed.kv_transfer.kv_pool.lmcache_ascend_connector"
 # vLLM plugins that name needs: vllm-ascend's registration of it, and ours.
 VLLM_ASCEND_CONNECTOR_PLUGINS = ("ascend_kv_connector", "lmcache_ascend")
 
@@ -512,7 +513,8 @@ def _registers_lmcache_ascend_connector() -> bool:
     except (ImportError, ValueError):
         return False
     roots = list(spec.submodule_search_locations or []) if spec else []
-    return any(Path(root, *VLLM_ASCEND_CONNECTOR_MODULE).is_file() for root in roots)
+    *package, module = VLLM_ASCEND_CONNECTOR_MODULE.split(".")[1:]
+    return any(Path(root, *package, f"{module}.py").is_file() for root in roots)
 
 
 def _vllm_ascend_connector_name(env: Mapping[str, str], vllm_wheel: str | None) -> list[Check]:
