@@ -56,6 +56,16 @@ class TensorView:
         return f"shape {list(self.shape)}, strides {list(self.strides)}, dtype {self.dtype}, device {self.device}"
 
 
+def address_view(address: int, shape: tuple[int, ...], itemsize: int, dtype: str, device: str) -> TensorView:
+    """A contiguous view of raw memory at `address` (LMCache hands some buffers over as pointers)."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return TensorView(address=address, shape=tuple(shape), strides=tuple(reversed(strides)), itemsize=itemsize,
+                      dtype=dtype, device=device, end_address=address + step * itemsize, owner=None)
+
+
 def _is_torch_tensor(obj: Any) -> bool:
     return all(hasattr(obj, a) for a in ("data_ptr", "stride", "element_size", "untyped_storage"))
 

@@ -7,9 +7,11 @@ keep LMCache's semantics while the moving is done by the one native kernel famil
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from lmcache_ascend.layouts import PagedKV
+from lmcache_ascend._tensors import TensorView, address_view, as_view
+from lmcache_ascend.layouts import ENGINE_LAYOUTS, PagedKV
 
 
 @dataclass(frozen=True)
@@ -25,13 +27,38 @@ class EngineFormat:
     # A layer is a tuple of planes of different widths (lmcache_ascend.layouts.PLANE_GROUP_LAYOUTS),
     # each filling its own columns of the MLA memory object: only describable from the tensors.
     plane_groups: bool = False
+    # Axes of the tensor(s) as the engine hands them over, where they differ from `layout`'s:
+    # L = layer (one tensor holds every layer: cross-layer formats), BT = blocks and tokens fused
+    # into one axis, 1 = a singleton axis. engine_views() turns them into `layout`'s axes.
+    engine_axes: tuple[str, ...] | None = None
+    # SGLang MHA: every layer's K tensor, then every layer's V tensor.
+    kv_list: bool = False
+
+    @property
+    def cross_layer(self) -> bool:
+        return self.engine_axes is not None and "L" in self.engine_axes
 
 
 _FORMATS = [
+    # Cross-layer: one [NB, NL, 2, ...] tensor; layer l is tensor[:, l], a flashinfer block layout.
+    EngineFormat(0, "NB_NL_TWO_BS_NH_HS", 2, 1, False, False, False, "flashinfer",
+                 engine_axes=("B", "L", "P", "T", "H", "D")),
+    EngineFormat(8, "NB_NL_TWO_NH_BS_HS", 2, 1, False, True, False, "flashinfer_hnd",
+                 engine_axes=("B", "L", "P", "H", "T", "D")),
+    EngineFormat(4, "TWO_X_NL_X_NBBS_NH_HS", 2, 2, False, False, False, "separate_kv",
+                 engine_axes=("BT", "H", "D"), kv_list=True),
+    EngineFormat(9, "TWO_X_NL_X_NB_BS_NH_HS", 2, 2, False, False, False, "separate_kv", kv_list=True),
+    # vLLM's DSA indexer cache [NB, BS, W]: moved as an MLA latent.
+    EngineFormat(14, "NL_X_NB_BSV_BSS", 1, 1, False, False, False, "mla"),
+    # vLLM-RBLN: [2, NB, NH, 1, BS, HS], the bytes of NL_X_TWO_NB_NH_BS_HS.
+    EngineFormat(15, "NL_X_TWO_NB_NH_ONE_BS_HS", 2, 1, True, True, False, "hnd",
+                 engine_axes=("P", "B", "H", "1", "T", "D")),
+    # SGLang's single-plane [NB, BS, NH, HS] (K or V alone).
+    EngineFormat(18, "NL_X_NB_BS_NH_HS", 1, 1, False, False, False, "packed_nhd"),
     EngineFormat(1, "NL_X_TWO_NB_BS_NH_HS", 2, 1, True, False, False, "flash_attn"),
     EngineFormat(2, "NL_X_NB_TWO_BS_NH_HS", 2, 1, False, False, False, "flashinfer"),
     EngineFormat(3, "NL_X_NB_BS_HS", 1, 1, False, False, False, "mla"),
-    EngineFormat(5, "NL_X_NBBS_ONE_HS", 1, 1, False, False, False, None),
+    EngineFormat(5, "NL_X_NBBS_ONE_HS", 1, 1, False, False, False, "mla", engine_axes=("BT", "1", "D")),
     EngineFormat(6, "NL_X_TWO_NB_NH_BS_HS", 2, 1, True, True, False, "hnd"),
     EngineFormat(7, "NL_X_NB_TWO_NH_BS_HS", 2, 1, False, True, False, "flashinfer_hnd"),
     EngineFormat(10, "NL_X_NB_NH_BS_TWO_HS", 1, 1, False, True, True, "packed_hnd"),
@@ -42,7 +69,9 @@ _FORMATS = [
     # vllm-ascend MLA (latent, rope) / DSA (latent, rope, indexer key) tuples of [NB, BS, 1, W_i].
     EngineFormat(17, "NL_X_NP_X_NB_BS_ONE_HS", 1, 1, False, False, False, "mla_planes", plane_groups=True),
 ]
+_FORMATS.sort(key=lambda f: f.value)
 ENGINE_FORMATS = {f.value: f for f in _FORMATS}
+FORMAT_VALUES = {f.name: f.value for f in _FORMATS}  # look formats up by name, never by magic number
 
 
 def engine_format(value, arg: str = "engine_kv_format") -> EngineFormat:
@@ -127,3 +156,125 @@ def paged_from_format(
         extent_elems=footprint if extent_elems is None else extent_elems,
         itemsize=itemsize, dtype=dtype, device=device,
     )
+
+
+# ---- The engine's own tensors (or their addresses) as per-layer entries of fmt.layout ----------
+
+@dataclass(frozen=True)
+class PagedGeometry:
+    """What raw addresses do not tell: LMCache's PageBufferShapeDesc (nl, nb, bs, nh, hs) plus the
+    element type and device. hs is the per-head content width (2 * head_size for K|V-packed formats)."""
+
+    num_layers: int
+    num_blocks: int
+    block_size: int
+    num_heads: int
+    head_size: int
+    itemsize: int
+    dtype: str
+    device: str
+
+    def axis_size(self, axis: str) -> int:
+        return {"P": 2, "L": self.num_layers, "B": self.num_blocks, "T": self.block_size, "H": self.num_heads,
+                "D": self.head_size, "PD": 2 * self.head_size, "BT": self.num_blocks * self.block_size,
+                "1": 1}[axis]
+
+
+def _axes(fmt: EngineFormat) -> tuple[str, ...]:
+    return fmt.engine_axes or ENGINE_LAYOUTS[fmt.layout][0]
+
+
+def _addresses(paged: Any) -> list[int] | None:
+    """The addresses in a 1-D int64 tensor or a list of ints, else None (tensors were given)."""
+    if isinstance(paged, (list, tuple)):
+        if paged and all(isinstance(p, int) for p in paged):
+            return list(paged)
+        return None
+    if isinstance(paged, TensorView) or not hasattr(paged, "tolist"):
+        return None
+    view = as_view(paged, "paged_buffer_ptrs")
+    if view.dtype not in ("int64", "uint64") or view.ndim != 1:
+        return None
+    return [int(a) for a in paged.tolist()]
+
+
+def _pointer_view(address: int, fmt: EngineFormat, geometry: PagedGeometry, arg: str) -> TensorView:
+    """A contiguous view of the engine tensor at `address`, its shape from the format and geometry."""
+    if address <= 0:
+        raise ValueError(f"{arg}: address {address:#x} is null or negative; pass the KV cache's data pointers")
+    shape = tuple(geometry.axis_size(a) for a in _axes(fmt))
+    return address_view(address, shape, geometry.itemsize, geometry.dtype, geometry.device)
+
+
+def _to_layout_axes(view: TensorView, fmt: EngineFormat, block_size: int, arg: str) -> list[TensorView]:
+    """`view` in the engine's axes -> one view per layer in fmt.layout's axes (one unless cross-layer)."""
+    axes = _axes(fmt)
+    if view.ndim != len(axes):
+        raise ValueError(f"{arg}: engine_kv_format {fmt.name} is [{', '.join(axes)}] ({len(axes)} dimensions), "
+                         f"got {view.describe()}")
+    shape: list[int] = []
+    strides: list[int] = []
+    layers = [(0, 0)]  # (layer index, element offset)
+    for axis, n, s in zip(axes, view.shape, view.strides):
+        if axis == "1":
+            if n != 1:
+                raise ValueError(f"{arg}: engine_kv_format {fmt.name} has a singleton axis where {view.describe()} "
+                                 f"has size {n}")
+        elif axis == "BT":
+            bs = block_size if block_size > 0 else 1  # slots index the fused axis directly
+            if n % bs:
+                raise ValueError(f"{arg}: the fused blocks x tokens axis of size {n} is not a multiple of "
+                                 f"block_size={bs} ({view.describe()})")
+            shape += [n // bs, bs]
+            strides += [s * bs, s]
+        elif axis == "L":
+            layers = [(layer, layer * s) for layer in range(n)]
+        else:
+            shape.append(n)
+            strides.append(s)
+    return [replace(view, address=view.address + offset * view.itemsize, shape=tuple(shape), strides=tuple(strides))
+            for _, offset in layers]
+
+
+def engine_views(fmt: EngineFormat, paged: Any, *, block_size: int = 0, geometry: PagedGeometry | None = None,
+                 arg: str = "paged_buffer_ptrs") -> list:
+    """One describe_paged entry per layer (a view, a (K, V) pair or a plane tuple) of the engine's
+    KV cache as LMCache hands it over for `fmt`: one tensor (cross-layer formats), a list per layer
+    (of tensors, (K, V) pairs or plane tuples), every K then every V (SGLang), or addresses (a 1-D
+    int64 tensor or a list of ints; `geometry` then gives the shape)."""
+    addresses = _addresses(paged)
+    if addresses is not None:
+        if fmt.plane_groups:
+            raise ValueError(f"{arg}: engine_kv_format {fmt.name} needs the per-layer plane tensors, not their "
+                             "addresses (the planes' widths differ and cannot be read from pointers)")
+        if geometry is None:
+            raise ValueError(f"{arg}: raw addresses need the KV cache's geometry (shape_desc)")
+        per_layer = 1 if fmt.cross_layer else geometry.num_layers * fmt.tensors_per_layer
+        if len(addresses) != per_layer:
+            raise ValueError(f"{arg}: {len(addresses)} addresses for {geometry.num_layers} layers; engine_kv_format "
+                             f"{fmt.name} takes {per_layer}")
+        tensors: list[Any] = [_pointer_view(a, fmt, geometry, f"{arg}[{i}]") for i, a in enumerate(addresses)]
+    elif fmt.cross_layer:
+        if isinstance(paged, (list, tuple)):
+            if len(paged) != 1:
+                raise ValueError(f"{arg}: engine_kv_format {fmt.name} is one tensor holding every layer, "
+                                 f"got a list of {len(paged)}")
+            paged = paged[0]
+        tensors = [paged]
+    else:
+        tensors = list(paged) if isinstance(paged, (list, tuple)) else [paged]
+        if fmt.kv_list and len(tensors) == 2 and all(isinstance(t, (list, tuple)) for t in tensors):
+            tensors = [*tensors[0], *tensors[1]]  # [[K layers], [V layers]]
+    if fmt.plane_groups or (tensors and all(isinstance(t, (list, tuple)) for t in tensors)):
+        return tensors  # a (K, V) pair or a plane tuple per layer, already in the layout's axes
+    views: list[TensorView] = []
+    for i, t in enumerate(tensors):
+        views += _to_layout_axes(as_view(t, f"{arg}[{i}]", writable=True), fmt, block_size, f"{arg}[{i}]")
+    if fmt.tensors_per_layer == 1:
+        return views
+    if len(views) % 2:
+        raise ValueError(f"{arg}: {len(views)} tensors; engine_kv_format {fmt.name} takes a K and a V tensor per layer")
+    if fmt.kv_list:  # every K, then every V
+        half = len(views) // 2
+        return [(views[i], views[half + i]) for i in range(half)]
+    return [(views[i], views[i + 1]) for i in range(0, len(views), 2)]

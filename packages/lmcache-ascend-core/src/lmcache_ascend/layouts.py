@@ -59,7 +59,9 @@ CHUNK_FORMATS: dict[str, tuple[str, ...]] = {
     "KV_2TD": ("P", "T", "X"),        # [2, T, D], one layer
     "KV_MLA_FMT": ("P", "L", "T", "X"),  # [1, L, T, D]
     "MLA_TD": ("T", "X"),                # [T, D], one layer (single-layer and layerwise MLA)
+    "ONE_LTD": ("L", "T", "X"),          # [L, T, D], one plane (LMCache MP mode's MLA / K|V-packed objects)
 }
+SINGLE_PLANE_CHUNK_FORMATS = ("KV_MLA_FMT", "MLA_TD", "ONE_LTD")
 
 
 @dataclass(frozen=True)
@@ -327,7 +329,7 @@ def describe_chunk(obj: Any, fmt: str, arg: str = "memory object", *, writable: 
     if dims["X"][1] != 1 and dims["X"][0] != 1:
         raise ValueError(f"{arg}: the hidden dimension must be contiguous; got {view.describe()}")
     planes, plane_stride = dims.get("P", (1, 0))
-    expected_planes = 1 if fmt in ("KV_MLA_FMT", "MLA_TD") else 2
+    expected_planes = 1 if fmt in SINGLE_PLANE_CHUNK_FORMATS else 2
     if planes != expected_planes:
         raise ValueError(f"{arg}: format {fmt} has {expected_planes} K/V plane(s) but got {view.describe()}")
     layers, layer_stride = dims.get("L", (1, 0))

@@ -12,8 +12,11 @@ from typing import Any as _Any
 
 from lmcache_ascend import memory as _memory
 from lmcache_ascend import transfer as _transfer
+from lmcache_ascend._tensors import address_view as _address_view
 from lmcache_ascend._tensors import as_view as _as_view
+from lmcache_ascend.engine_formats import PagedGeometry as _PagedGeometry
 from lmcache_ascend.engine_formats import engine_format as _engine_format
+from lmcache_ascend.engine_formats import engine_views as _engine_views
 from lmcache_ascend.engine_formats import paged_from_format as _paged_from_format
 from lmcache_ascend.layouts import describe_chunk as _describe_chunk
 from lmcache_ascend.layouts import describe_paged as _describe_paged
@@ -133,6 +136,108 @@ def multi_layer_kv_transfer(
         device=device or _device_type(paged_memory_device), extent_elems=extent, tensor_numel=numel,
     )
     _transfer.transfer_kv(paged, [(chunk, 0, chunk.num_tokens)], slot_mapping, kind, skip_prefix_n_tokens)
+
+
+def _dtype_name(dtype: _Any) -> str | None:
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def _block_slots(block_ids: _Any, block_size: int, num_blocks: int):
+    """Slot mapping of whole blocks: block_ids[j] * block_size + t for t < block_size (int64, host)."""
+    try:
+        import torch
+    except ImportError:  # the core works without torch: plain ints then
+        torch = None
+    if torch is not None and isinstance(block_ids, torch.Tensor):
+        if block_ids.ndim != 1 or block_ids.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"block_ids: expected a 1-D int32/int64 tensor or a list of ints, got shape "
+                            f"{list(block_ids.shape)} dtype {block_ids.dtype}")
+        ids = block_ids.to("cpu", torch.int64)
+    else:
+        ids = list(block_ids)
+        if not all(isinstance(b, int) for b in ids):
+            raise TypeError("block_ids: expected a 1-D int tensor or a list of ints")
+        ids = torch.tensor(ids, dtype=torch.int64) if torch is not None else ids
+    n = len(ids)
+    if n:
+        lo, hi = (int(ids.min()), int(ids.max())) if torch is not None else (min(ids), max(ids))
+        if lo < 0 or hi >= num_blocks:
+            raise IndexError(f"block_ids: holds block {lo if lo < 0 else hi}, outside the KV cache's {num_blocks} "
+                             "blocks; pass the engine's block ids for this request")
+    if torch is not None:
+        return (ids[:, None] * block_size + torch.arange(block_size, dtype=torch.int64)).reshape(-1), n
+    import array
+
+    return array.array("q", [b * block_size + t for b in ids for t in range(block_size)]), n
+
+
+def multi_layer_block_kv_transfer(
+    paged_buffer_ptrs_tensor, lmcache_objects_ptrs, block_ids, device, direction, shape_desc,
+    lmcache_chunk_size: int, engine_kv_format, skip_prefix_n_blocks: int,
+) -> None:
+    """Move whole blocks of every layer between the paged KV cache and LMCache memory objects
+    (LMCache's multiprocess mode).
+
+    block_ids[j] is the engine block holding tokens [j * bs, (j + 1) * bs) of the request; memory
+    object i holds lmcache_chunk_size tokens, i.e. blocks [i * k, (i + 1) * k) with k =
+    lmcache_chunk_size / bs. The first skip_prefix_n_blocks blocks are left alone.
+    paged_buffer_ptrs_tensor: the engine's tensors as `engine_kv_format` has them, or their
+    addresses (a 1-D int64 tensor; shape_desc gives the geometry). lmcache_objects_ptrs: memory
+    objects ([2, L, T, D], or [L, T, D] for single-plane formats) or their host addresses.
+    Validated in full before any byte moves.
+    """
+    fmt = _engine_format(engine_kv_format)
+    kind = _kernel_direction(direction)
+    bs, chunk_size, skip = int(shape_desc.bs), int(lmcache_chunk_size), int(skip_prefix_n_blocks)
+    if bs <= 0 or chunk_size <= 0 or chunk_size % bs:
+        raise ValueError(f"lmcache_chunk_size={chunk_size} must be a positive multiple of shape_desc.bs={bs}")
+    if skip < 0:
+        raise ValueError(f"skip_prefix_n_blocks={skip} must be >= 0")
+    objects = list(lmcache_objects_ptrs)
+    object_views = [None if isinstance(o, int) else _as_view(o, f"lmcache_objects_ptrs[{i}]")
+                    for i, o in enumerate(objects)]
+    dtype = (_dtype_name(getattr(shape_desc, "dtype", None))
+             or next((v.dtype for v in object_views if v is not None), None))
+    itemsize = int(shape_desc.element_size) or next((v.itemsize for v in object_views if v is not None), 0)
+    geometry = _PagedGeometry(num_layers=int(shape_desc.nl), num_blocks=int(shape_desc.nb), block_size=bs,
+                              num_heads=int(shape_desc.nh), head_size=int(shape_desc.hs), itemsize=itemsize,
+                              dtype=dtype or f"{8 * itemsize}-bit", device=_device_type(device))
+    entries = _engine_views(fmt, paged_buffer_ptrs_tensor, block_size=bs, geometry=geometry,
+                            arg="paged_buffer_ptrs_tensor")
+    paged = _describe_paged(entries, fmt.layout, "paged_buffer_ptrs_tensor")
+    if paged.device != geometry.device:
+        raise ValueError(f"device={device} but the KV cache is on {paged.device}")
+    if paged.block_size != bs:
+        raise ValueError(f"shape_desc.bs={bs} but the KV cache's blocks hold {paged.block_size} tokens")
+    slots, n_blocks = _block_slots(block_ids, bs, paged.num_blocks)
+    blocks_per_object = chunk_size // bs
+    needed = -(-n_blocks // blocks_per_object)
+    if len(objects) < needed:
+        raise ValueError(f"lmcache_objects_ptrs: {len(objects)} memory objects for {n_blocks} blocks; with "
+                         f"lmcache_chunk_size={chunk_size} ({blocks_per_object} blocks each) they need {needed}")
+    chunk_fmt = "KV_2LTD" if paged.num_planes == 2 else "ONE_LTD"
+    chunks = []
+    for i in range(needed):
+        if (i + 1) * blocks_per_object <= skip:
+            continue  # wholly inside the skipped prefix
+        view = object_views[i]
+        if view is None:  # a host address: LMCache's layout of one memory object
+            shape = ((2,) if paged.num_planes == 2 else ()) + (paged.num_layers, chunk_size, paged.hidden)
+            view = _host_view(objects[i], shape, paged, f"lmcache_objects_ptrs[{i}]")
+        if chunk_fmt == "ONE_LTD" and view.ndim == 4:
+            chunk_fmt_i = "KV_MLA_FMT"  # [1, L, T, D], as the in-process engine allocates them
+        else:
+            chunk_fmt_i = chunk_fmt
+        chunk = _describe_chunk(view, chunk_fmt_i, f"lmcache_objects_ptrs[{i}]", writable=kind == _transfer.GATHER)
+        begin = i * chunk_size
+        chunks.append((chunk, begin, min(begin + chunk_size, n_blocks * bs)))
+    _transfer.transfer_kv(paged, chunks, slots, kind, skip * bs)
+
+
+def _host_view(address: int, shape: tuple, paged, arg: str):
+    if address <= 0:
+        raise ValueError(f"{arg}: address {address:#x} is null or negative; pass memory objects' data pointers")
+    return _address_view(address, shape, paged.itemsize, paged.dtype, "cpu")
 
 
 def multi_layer_kv_transfer_unilateral(
