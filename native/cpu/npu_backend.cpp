@@ -127,6 +127,13 @@ Status map_host_chunk(const TransferRequest& r, int64_t c, int32_t group, ChunkR
 
 const char* npu_library_path() { return npu_library().path.c_str(); }
 
+Status npu_synchronize_stream(void* stream) {
+  const NpuLibrary& lib = npu_library();
+  if (!lib.status.ok()) return lib.status;
+  char err[2048] = {0};
+  return from_abi(lib.synchronize(stream, err, sizeof(err)), err);
+}
+
 Status prepare_npu_transfer(const TransferRequest* groups, int32_t num_groups, const void* host_slots,
                             const NpuTransferOptions& options, PreparedNpuTransfer* out) {
   Status st = npu::check_plane_groups(groups, num_groups);

@@ -44,6 +44,10 @@ Status npu_transfer_kv(const TransferRequest* groups, int32_t num_groups, const 
 // Absolute path liblmcache_ascend_npu.so is loaded from (next to the CPU library).
 const char* npu_library_path();
 
+// Wait until the work queued on `stream` (an aclrtStream) has finished: LMCache's stream-ordered
+// completion records on the NPU. Fails with the fix when the wheel has no Ascend backend.
+Status npu_synchronize_stream(void* stream);
+
 // The host-side half of npu_transfer_kv, before anything reaches the NPU library: every group
 // validated against `host_slots` (a host copy of the shared slot mapping, or null when
 // groups[0].slots is already host memory), registered host chunks mapped to device addresses, and

@@ -1,7 +1,10 @@
 """lmcache_ascend.ops (LMCache 0.5 cuda_ops names) and lmcache_ascend.c_ops (LMCache 0.3.x)."""
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import inspect
+import os
 
 import pytest
 import torch
@@ -115,9 +118,21 @@ def test_flash_ops_move_one_layer_of_separate_kv():
 def test_ops_module_exposes_only_ops():
     # LMCache's DeviceOps.bind_native binds every public callable / class of lmcache_ascend.ops.
     public = {n for n in dir(ops) if not n.startswith("_")}
-    assert public == {"multi_layer_kv_transfer", "multi_layer_kv_transfer_unilateral", "single_layer_kv_transfer",
-                      "load_and_reshape_flash", "reshape_and_cache_back_flash", "alloc_pinned_ptr",
-                      "free_pinned_ptr", "alloc_pinned_numa_ptr", "free_pinned_numa_ptr"}
+    kernels = {"multi_layer_kv_transfer", "multi_layer_kv_transfer_unilateral", "multi_layer_block_kv_transfer",
+               "single_layer_kv_transfer", "single_layer_kv_transfer_sgl", "load_and_reshape_flash",
+               "reshape_and_cache_back_flash", "batched_memcpy", "lmcache_memcpy_async", "tensor_from_ptr",
+               "record_completion_on_stream", "drain_recorded_completions", "record_event_on_stream",
+               "drain_recorded_events"}
+    memory = {f"{verb}_{kind}_ptr" for verb in ("alloc", "free")
+              for kind in ("pinned", "pinned_numa", "numa", "hugepage_pinned", "hugepage_pinned_numa", "shm_pinned")}
+    # LMCache's own types, re-exported where LMCache is installed
+    lmcache_types = {"EngineKVFormat", "PageBufferShapeDesc", "TransferDirection"} \
+        if importlib.util.find_spec("lmcache") else set()
+    assert public == kernels | memory | lmcache_types
+    # LMCache's worker hands tensors (not pinned copies it cannot make on the CPU) only to a block op
+    # whose lmcache_objects_ptrs annotation names Tensor.
+    annotation = inspect.signature(ops.multi_layer_block_kv_transfer).parameters["lmcache_objects_ptrs"].annotation
+    assert "Tensor" in str(annotation)
     assert list(inspect.signature(ops.multi_layer_kv_transfer).parameters) == [
         "key_value", "key_value_ptrs", "slot_mapping", "paged_memory_device", "page_buffer_size", "direction",
         "engine_kv_format", "block_size", "head_size", "skip_prefix_n_tokens", "block_stride_elems"]
@@ -165,3 +180,81 @@ def test_c_ops_rejects_non_bool_direction():
     _, layers, slots, kv = setup(1)
     with pytest.raises(ValueError, match="direction"):
         c_ops.multi_layer_kv_transfer(kv, layers, slots, "cpu", NB * BS, 2, False)
+
+
+# ---- the rest of LMCache 0.5's DeviceOps names ------------------------------------------------
+
+def test_completions_and_events_drain_in_record_order():
+    ops.drain_recorded_completions(), ops.drain_recorded_events()
+    ops.record_completion_on_stream(0, "store", b"a")
+    ops.record_completion_on_stream(0, "retrieve", b"b")
+    assert ops.drain_recorded_completions() == [("store", b"a"), ("retrieve", b"b")]
+    assert ops.drain_recorded_completions() == []
+    ops.record_event_on_stream(0, "lookup", "session-1", {"k": "v"}, {"n": 3})
+    [(name, session, stamp, strs, ints)] = ops.drain_recorded_events()
+    assert (name, session, strs, ints) == ("lookup", "session-1", {"k": "v"}, {"n": 3}) and stamp > 0
+
+
+def test_record_on_an_npu_stream_without_the_npu_backend_is_an_error():
+    with pytest.raises(RuntimeError):
+        ops.record_completion_on_stream(0x1234, "store", b"a")
+    assert ops.drain_recorded_completions() == []  # nothing recorded for work that cannot be waited for
+
+
+def test_tensor_from_ptr_views_host_memory_without_copying():
+    base = torch.arange(12, dtype=torch.float32)
+    view = ops.tensor_from_ptr(base.data_ptr(), (3, 4), torch.float32, "cpu")
+    base[5] = 100
+    assert view.shape == (3, 4) and view[1, 1] == 100
+    with pytest.raises(ValueError, match="ptr"):
+        ops.tensor_from_ptr(0, (3, 4), torch.float32, "cpu")
+
+
+def test_memcpy_ops_copy_and_refuse_mismatched_arguments():
+    src, dst = torch.arange(64, dtype=torch.int16), torch.zeros(64, dtype=torch.int16)
+    ops.lmcache_memcpy_async(dst.data_ptr(), src.data_ptr(), 32, 0, 0, 64)
+    assert torch.equal(dst[:16], src[:16]) and not dst[16:].any()
+    ops.lmcache_memcpy_async(dst, src, 128, 1, 0, 64)
+    assert torch.equal(dst, src)
+    with pytest.raises(ValueError, match="power of two"):
+        ops.lmcache_memcpy_async(dst, src, 8, 0, 0, 48)
+    with pytest.raises(ValueError, match="fewer than nbytes"):
+        ops.lmcache_memcpy_async(dst, src, 256, 0, 0, 64)
+    with pytest.raises(TypeError, match="both"):
+        ops.lmcache_memcpy_async(dst, src.data_ptr(), 8, 0, 0, 64)
+    a, b = torch.zeros(8, dtype=torch.uint8), torch.full((8,), 7, dtype=torch.uint8)
+    ops.batched_memcpy([b.data_ptr(), b.data_ptr()], [a.data_ptr(), a.data_ptr() + 4], [2, 3])
+    assert a.tolist() == [7, 7, 0, 0, 7, 7, 7, 0]
+    with pytest.raises(ValueError, match="sizes"):
+        ops.batched_memcpy([b.data_ptr()], [a.data_ptr()], [1, 2])
+
+
+def test_shared_memory_is_visible_by_name_and_freed():
+    from multiprocessing import shared_memory
+
+    name = f"/lmcache_ascend_test_{os.getpid()}"
+    ptr = ops.alloc_shm_pinned_ptr(4096, name)
+    ctypes.memmove(ptr, b"kv", 2)
+    other = shared_memory.SharedMemory(name=name.lstrip("/"))
+    try:
+        assert bytes(other.buf[:2]) == b"kv"
+    finally:
+        other.close()
+    ops.free_shm_pinned_ptr(ptr, 4096, name)
+    with pytest.raises(FileNotFoundError):
+        shared_memory.SharedMemory(name=name.lstrip("/"))
+    with pytest.raises(ValueError, match="alloc_shm_pinned_ptr"):
+        ops.free_shm_pinned_ptr(ptr, 4096, name)
+
+
+@pytest.mark.parametrize("alloc, free", [("alloc_numa_ptr", "free_numa_ptr"),
+                                         ("alloc_hugepage_pinned_ptr", "free_hugepage_pinned_ptr"),
+                                         ("alloc_hugepage_pinned_numa_ptr", "free_hugepage_pinned_numa_ptr")])
+def test_other_host_allocators_give_zeroed_usable_memory(alloc, free):
+    ptr = getattr(ops, alloc)(1 << 21, 0)
+    view = (ctypes.c_uint8 * (1 << 21)).from_address(ptr)
+    assert view[0] == 0 and view[(1 << 21) - 1] == 0
+    view[100] = 5
+    getattr(ops, free)(ptr, 1 << 21)
+    with pytest.raises(ValueError, match=free):
+        getattr(ops, free)(ptr, 1 << 21)

@@ -173,6 +173,7 @@ class PagedGeometry:
     itemsize: int
     dtype: str
     device: str
+    block_stride: int = 0  # elements between blocks (shape_desc.block_stride_elems); 0: blocks are tight
 
     def axis_size(self, axis: str) -> int:
         return {"P": 2, "L": self.num_layers, "B": self.num_blocks, "T": self.block_size, "H": self.num_heads,
@@ -202,8 +203,18 @@ def _pointer_view(address: int, fmt: EngineFormat, geometry: PagedGeometry, arg:
     """A contiguous view of the engine tensor at `address`, its shape from the format and geometry."""
     if address <= 0:
         raise ValueError(f"{arg}: address {address:#x} is null or negative; pass the KV cache's data pointers")
-    shape = tuple(geometry.axis_size(a) for a in _axes(fmt))
-    return address_view(address, shape, geometry.itemsize, geometry.dtype, geometry.device)
+    axes = _axes(fmt)
+    shape = tuple(geometry.axis_size(a) for a in axes)
+    view = address_view(address, shape, geometry.itemsize, geometry.dtype, geometry.device)
+    tight = view.strides[0]
+    if geometry.block_stride and geometry.block_stride != tight:
+        # vLLM's blocks-first pools: blocks further apart than one block's elements
+        if axes[0] != "B" or geometry.block_stride < tight:
+            raise ValueError(f"{arg}: shape_desc.block_stride_elems={geometry.block_stride} cannot apply to "
+                             f"engine_kv_format {fmt.name} (blocks-first formats only, at least {tight})")
+        end = address + ((shape[0] - 1) * geometry.block_stride + tight) * geometry.itemsize
+        view = replace(view, strides=(geometry.block_stride, *view.strides[1:]), end_address=end)
+    return view
 
 
 def _to_layout_axes(view: TensorView, fmt: EngineFormat, block_size: int, arg: str) -> list[TensorView]:

@@ -219,9 +219,17 @@ _mappings: dict[int, Any] = {}
 _mappings_lock = threading.Lock()
 
 
-def _alloc(size: int, numa_node: int | None) -> int:
-    mapping = _native.Mapping(_positive(size, "size"), numa_node=numa_node, lock=_resolve("auto", "lock"),
-                              register=_resolve("auto", "register"))
+def _alloc(size: int, numa_node: int | None, *, pinned: bool = True, huge_pages: bool = False) -> int:
+    size = _positive(size, "size")
+    lock, register = (_resolve("auto", "lock"), _resolve("auto", "register")) if pinned else (False, False)
+    try:
+        mapping = _native.Mapping(size, huge_pages=huge_pages, numa_node=numa_node, lock=lock, register=register)
+    except (MemoryError, RuntimeError, OSError) as exc:
+        if not huge_pages:
+            raise
+        # LMCache asks for huge pages as an optimisation: without free ones, regular pages serve.
+        logger.warning("lmcache-ascend: no huge pages for %d bytes (%s); using regular pages", size, exc)
+        mapping = _native.Mapping(size, numa_node=numa_node, lock=lock, register=register)
     with _mappings_lock:
         _mappings[mapping.address] = mapping
     return mapping.address
@@ -254,6 +262,74 @@ def alloc_pinned_numa_ptr(size: int, numa_id: int = 0) -> int:
 def free_pinned_numa_ptr(ptr: int, size: int | None = None) -> None:
     """`size` is accepted for LMCache's signature; the mapping knows its own size."""
     _free(ptr, "free_pinned_numa_ptr")
+
+
+def alloc_numa_ptr(size: int, numa_id: int = 0) -> int:
+    """Zeroed host memory bound to NUMA node `numa_id`, neither locked nor device-registered."""
+    return _alloc(size, numa_id, pinned=False)
+
+
+def free_numa_ptr(ptr: int, size: int | None = None) -> None:
+    _free(ptr, "free_numa_ptr")
+
+
+def alloc_hugepage_pinned_ptr(size: int, device_id: int = 0) -> int:
+    """Like alloc_pinned_ptr, backed by 2 MiB huge pages where the host has free ones."""
+    return _alloc(size, None, huge_pages=True)
+
+
+def free_hugepage_pinned_ptr(ptr: int, size: int = 0) -> None:
+    _free(ptr, "free_hugepage_pinned_ptr")
+
+
+def alloc_hugepage_pinned_numa_ptr(size: int, numa_id: int = 0) -> int:
+    """Like alloc_pinned_numa_ptr, backed by huge pages where the host has free ones."""
+    return _alloc(size, numa_id, huge_pages=True)
+
+
+def free_hugepage_pinned_numa_ptr(ptr: int, size: int = 0) -> None:
+    _free(ptr, "free_hugepage_pinned_numa_ptr")
+
+
+_shm: dict[int, Any] = {}
+
+
+def alloc_shm_pinned_ptr(size: int, shm_name: str = "") -> int:
+    """`size` bytes of POSIX shared memory named `shm_name` (other processes map it by name; a stale
+    segment of that name is replaced). Neither locked nor registered: the mapping is Python's
+    (multiprocessing.shared_memory), as the native arena has no named segments."""
+    from multiprocessing import shared_memory
+
+    from lmcache_ascend._tensors import as_view
+
+    size = _positive(size, "size")
+    name = shm_name.lstrip("/") or None
+    if name:
+        try:
+            stale = shared_memory.SharedMemory(name=name)
+        except FileNotFoundError:
+            pass
+        else:
+            stale.close()
+            stale.unlink()
+    segment = shared_memory.SharedMemory(name=name, create=True, size=size)
+    view = memoryview(segment.buf)
+    address = as_view(view, "shared memory", writable=True).address
+    with _mappings_lock:
+        _shm[address] = (segment, view)
+    return address
+
+
+def free_shm_pinned_ptr(ptr: int, size: int = 0, shm_name: str = "") -> None:
+    with _mappings_lock:
+        entry = _shm.pop(ptr, None)
+    if entry is None:
+        raise ValueError(f"free_shm_pinned_ptr(0x{ptr:x}): not a pointer returned by alloc_shm_pinned_ptr, "
+                         "or already freed")
+    segment, view = entry
+    view.release()
+    segment.close()
+    segment.unlink()
 
 
 def pinned_mapping(ptr: int) -> Any:

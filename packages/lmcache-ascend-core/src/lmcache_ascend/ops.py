@@ -8,12 +8,16 @@ Direction values are LMCache's `TransferDirection`: H2D = 0 (LMCache -> paged, r
 D2H = 1 (paged -> LMCache, store). Format values are `EngineKVFormat` members or their ints.
 """
 
+import ctypes as _ctypes
+import math as _math
 from typing import Any as _Any
 
+from lmcache_ascend import completions as _completions
 from lmcache_ascend import memory as _memory
 from lmcache_ascend import transfer as _transfer
 from lmcache_ascend._tensors import address_view as _address_view
 from lmcache_ascend._tensors import as_view as _as_view
+from lmcache_ascend.engine_formats import FORMAT_VALUES as _FORMAT_VALUES
 from lmcache_ascend.engine_formats import PagedGeometry as _PagedGeometry
 from lmcache_ascend.engine_formats import engine_format as _engine_format
 from lmcache_ascend.engine_formats import engine_views as _engine_views
@@ -22,7 +26,14 @@ from lmcache_ascend.layouts import describe_chunk as _describe_chunk
 from lmcache_ascend.layouts import describe_paged as _describe_paged
 
 _H2D, _D2H = 0, 1
-_SEPARATE_KV = 16  # EngineKVFormat.NL_X_TWO_X_NB_BS_NH_HS
+_SEPARATE_KV = _FORMAT_VALUES["NL_X_TWO_X_NB_BS_NH_HS"]
+
+# LMCache's own types, re-exported (the identical objects) where LMCache is installed: its parity
+# suite and callers build them as `ops.PageBufferShapeDesc()` / `ops.TransferDirection.H2D`.
+try:
+    from lmcache.lmcache_native import EngineKVFormat, PageBufferShapeDesc, TransferDirection  # noqa: F401
+except ImportError:  # the core works without LMCache
+    pass
 
 
 def _kernel_direction(direction: _Any) -> int:
@@ -116,6 +127,10 @@ def multi_layer_kv_transfer(
     skip_prefix_n_tokens are left alone. Validated in full before any byte moves.
     """
     fmt = _engine_format(engine_kv_format)
+    if fmt.cross_layer:
+        # LMCache's per-slot op addresses a cross-layer cache through one pointer per layer, each
+        # [2, page_buffer_size, hidden] (its CUDA kernel and torch baseline alike).
+        fmt = _engine_format(_FORMAT_VALUES["NL_X_TWO_NB_NH_BS_HS" if fmt.hnd else "NL_X_TWO_NB_BS_NH_HS"])
     kind = _kernel_direction(direction)
     chunk = _describe_chunk(key_value, "KV_2LTD" if fmt.planes == 2 else "KV_MLA_FMT", "key_value",
                             writable=kind == _transfer.GATHER)
@@ -172,7 +187,8 @@ def _block_slots(block_ids: _Any, block_size: int, num_blocks: int):
 
 
 def multi_layer_block_kv_transfer(
-    paged_buffer_ptrs_tensor, lmcache_objects_ptrs, block_ids, device, direction, shape_desc,
+    paged_buffer_ptrs_tensor, lmcache_objects_ptrs: "list[int] | list[torch.Tensor]", block_ids, device, direction,
+    shape_desc,
     lmcache_chunk_size: int, engine_kv_format, skip_prefix_n_blocks: int,
 ) -> None:
     """Move whole blocks of every layer between the paged KV cache and LMCache memory objects
@@ -201,7 +217,8 @@ def multi_layer_block_kv_transfer(
     itemsize = int(shape_desc.element_size) or next((v.itemsize for v in object_views if v is not None), 0)
     geometry = _PagedGeometry(num_layers=int(shape_desc.nl), num_blocks=int(shape_desc.nb), block_size=bs,
                               num_heads=int(shape_desc.nh), head_size=int(shape_desc.hs), itemsize=itemsize,
-                              dtype=dtype or f"{8 * itemsize}-bit", device=_device_type(device))
+                              dtype=dtype or f"{8 * itemsize}-bit", device=_device_type(device),
+                              block_stride=int(getattr(shape_desc, "block_stride_elems", 0) or 0))
     entries = _engine_views(fmt, paged_buffer_ptrs_tensor, block_size=bs, geometry=geometry,
                             arg="paged_buffer_ptrs_tensor")
     paged = _describe_paged(entries, fmt.layout, "paged_buffer_ptrs_tensor")
@@ -295,6 +312,17 @@ def _flash(key_value, key_cache, value_cache, slot_mapping, layer_idx: int, kind
     _transfer.transfer_kv(paged, [(layer, 0, slots.shape[0])], slots, kind)
 
 
+def single_layer_kv_transfer_sgl(
+    lmc_key_value_cache, sgl_key_cache, sgl_value_cache, slot_mapping, direction, token_major: bool = False,
+) -> None:
+    """One SGLang layer: K and V caches [NB, BS, NH, HS] each <-> lmc [T, 2, D] if token_major else [2, T, D]."""
+    kind = _kernel_direction(direction)
+    paged = _describe_paged([(sgl_key_cache, sgl_value_cache)], "separate_kv", "sgl_key_cache/sgl_value_cache")
+    chunk = _describe_chunk(lmc_key_value_cache, "KV_T2D" if token_major else "KV_2TD", "lmc_key_value_cache",
+                            writable=kind == _transfer.GATHER)
+    _transfer.transfer_kv(paged, [(chunk, 0, chunk.num_tokens)], slot_mapping, kind)
+
+
 def load_and_reshape_flash(key_value, key_cache, value_cache, slot_mapping, layer_idx: int) -> None:
     """Gather one layer: key_cache / value_cache [NB, BS, NH, HS] -> key_value[:, layer_idx]
     of a [2, L, T, NH*HS] memory object. Negative slots are skipped."""
@@ -311,3 +339,114 @@ alloc_pinned_ptr = _memory.alloc_pinned_ptr
 free_pinned_ptr = _memory.free_pinned_ptr
 alloc_pinned_numa_ptr = _memory.alloc_pinned_numa_ptr
 free_pinned_numa_ptr = _memory.free_pinned_numa_ptr
+
+
+# Stream-ordered records of LMCache's multiprocess mode (lmcache_ascend.completions).
+record_completion_on_stream = _completions.record_completion_on_stream
+drain_recorded_completions = _completions.drain_recorded_completions
+record_event_on_stream = _completions.record_event_on_stream
+drain_recorded_events = _completions.drain_recorded_events
+
+# The rest of LMCache's host-memory family over the native mappings (lmcache_ascend.memory).
+alloc_numa_ptr = _memory.alloc_numa_ptr
+free_numa_ptr = _memory.free_numa_ptr
+alloc_hugepage_pinned_ptr = _memory.alloc_hugepage_pinned_ptr
+free_hugepage_pinned_ptr = _memory.free_hugepage_pinned_ptr
+alloc_hugepage_pinned_numa_ptr = _memory.alloc_hugepage_pinned_numa_ptr
+free_hugepage_pinned_numa_ptr = _memory.free_hugepage_pinned_numa_ptr
+alloc_shm_pinned_ptr = _memory.alloc_shm_pinned_ptr
+free_shm_pinned_ptr = _memory.free_shm_pinned_ptr
+
+
+def tensor_from_ptr(ptr: int, shape: tuple, dtype: _Any, device: _Any):
+    """A tensor viewing `ptr` without copying (the caller keeps the memory alive): host memory on
+    the CPU, device memory on an NPU."""
+    import torch
+
+    if not isinstance(ptr, int) or ptr <= 0:
+        raise ValueError(f"ptr={ptr!r} must be a non-null address")
+    shape = tuple(int(n) for n in shape)
+    if any(n < 0 for n in shape):
+        raise ValueError(f"shape={shape} has a negative dimension")
+    nbytes = _math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    device = torch.device(device)
+    if device.type == "cpu":
+        if nbytes == 0:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer((_ctypes.c_uint8 * nbytes).from_address(ptr), dtype=dtype).view(shape)
+    if device.type == "npu":
+        storage = torch._C._construct_storage_from_data_pointer(ptr, device, nbytes)
+        return torch.empty(0, dtype=dtype, device=device).set_(storage, 0, shape)
+    raise ValueError(f"device={device}: lmcache_ascend views host memory (cpu) and Ascend NPU memory (npu)")
+
+
+def batched_memcpy(src_ptrs, dst_ptrs, sizes) -> None:
+    """Copy sizes[i] bytes from src_ptrs[i] to dst_ptrs[i] (host memory), in order."""
+    src, dst, n = list(src_ptrs), list(dst_ptrs), list(sizes)
+    if not len(src) == len(dst) == len(n):
+        raise ValueError(f"batched_memcpy: {len(src)} sources, {len(dst)} destinations and {len(n)} sizes; "
+                         "pass one of each per copy")
+    for i, (s, d, size) in enumerate(zip(src, dst, n)):
+        if size < 0 or (size and (s <= 0 or d <= 0)):
+            raise ValueError(f"batched_memcpy: copy {i} has size {size}, source {s:#x}, destination {d:#x}")
+    for s, d, size in zip(src, dst, n):
+        if size:
+            _ctypes.memmove(d, s, size)
+
+
+def lmcache_memcpy_async(dest, src, nbytes: int, direction, host_buffer_offset: int = 0,
+                         host_buffer_alignments: int = 1) -> None:
+    """Copy `nbytes` between LMCache buffers: tensors (their first nbytes, flattened) or addresses.
+
+    host_buffer_offset / host_buffer_alignments: where the host buffer sits inside its registered
+    allocation and that allocation's registration granularity (a power of two); the copy needs no
+    split on the CPU or through torch_npu, so they are validated only. Addresses: both in host
+    memory on a CPU host; on an NPU host the device side (dest for H2D, src for D2H) is NPU memory.
+    Returns once the bytes have moved.
+    """
+    _kernel_direction(direction)
+    alignment = int(host_buffer_alignments)
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise ValueError(f"host_buffer_alignments={host_buffer_alignments} must be a power of two")
+    nbytes = int(nbytes)
+    if nbytes < 0:
+        raise ValueError(f"nbytes={nbytes} must be >= 0")
+    if isinstance(dest, int) != isinstance(src, int):
+        raise TypeError("dest and src must both be addresses (int) or both tensors")
+    if not isinstance(dest, int):
+        for arg, t in (("dest", dest), ("src", src)):
+            if t.numel() * t.element_size() < nbytes:
+                raise ValueError(f"{arg}: holds {t.numel() * t.element_size()} bytes, fewer than nbytes={nbytes}")
+        if dest.element_size() != src.element_size() or nbytes % dest.element_size():
+            raise ValueError(f"dest and src element sizes ({dest.element_size()}, {src.element_size()}) must match "
+                             f"and divide nbytes={nbytes}")
+        count = nbytes // dest.element_size()
+        dest.reshape(-1)[:count].copy_(src.reshape(-1)[:count])
+        return
+    if nbytes == 0:
+        return
+    if dest <= 0 or src <= 0:
+        raise ValueError(f"lmcache_memcpy_async: null address (dest {dest:#x}, src {src:#x})")
+    npu = _npu_ready()
+    if npu is None:
+        _ctypes.memmove(dest, src, nbytes)
+        return
+    import torch
+
+    host_dest = int(direction) == _D2H
+    d = tensor_from_ptr(dest, (nbytes,), torch.uint8, "cpu" if host_dest else npu)
+    s = tensor_from_ptr(src, (nbytes,), torch.uint8, npu if host_dest else "cpu")
+    d.copy_(s)
+    if host_dest:
+        torch.npu.current_stream().synchronize()
+
+
+def _npu_ready():
+    """The current NPU (torch device) where torch_npu is loaded and an NPU is present, else None."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    npu = getattr(torch, "npu", None) if torch is not None else None
+    if npu is None or not npu.is_available():
+        return None
+    return torch.device("npu", npu.current_device())

@@ -23,6 +23,7 @@ cdef extern from "lmcache_ascend/npu_backend.hpp" namespace "lmcache_ascend" nog
     Status prepare_npu_transfer(const TransferRequest* groups, int32_t num_groups, const void* host_slots,
                                 const NpuTransferOptions& options, PreparedNpuTransfer* out)
     const char* npu_library_path()
+    Status npu_synchronize_stream(void* stream)
 
 
 cdef extern from "lmcache_ascend/transfer_validation.hpp" namespace "lmcache_ascend" nogil:

@@ -16,6 +16,7 @@ from lmcache_ascend._native.native cimport (
 )
 from lmcache_ascend._native.npu cimport (
     NpuTransferOptions, PreparedNpuTransfer, npu_library_path as _npu_library_path,
+    npu_synchronize_stream as _npu_synchronize_stream,
     npu_transfer_kv as _npu_transfer_kv, prepare_npu_transfer as _prepare_npu_transfer,
     validate_transfer_request,
 )
@@ -164,6 +165,14 @@ def transfer_kv_npu(pages, chunk_lists, uintptr_t slot_address, int64_t num_toke
     cdef Status st
     with nogil:
         st = _npu_transfer_kv(r.reqs.data(), <int32_t>r.reqs.size(), options)
+    raise_on_error(st)
+
+
+def synchronize_npu_stream(uintptr_t stream):
+    """Return once the work queued on `stream` (an aclrtStream) has finished."""
+    cdef Status st
+    with nogil:
+        st = _npu_synchronize_stream(<void*>stream)
     raise_on_error(st)
 
 
