@@ -10,6 +10,9 @@ ENV_VARS = {
     # Threads one CPU transfer is split over, the calling thread included. Unset or 0: usable
     # cores (sched_getaffinity). Lower it when the engine's own threads need the cores.
     "LMCACHE_ASCEND_NUM_THREADS": "threads per CPU KV transfer (default: usable cores)",
+    # Read by patches/patch_lmcache_cpu_device_ops.py when LMCache loads our device plugin; 0 keeps
+    # LMCache's torch baseline (e.g. to compare against it in one run).
+    "LMCACHE_ASCEND_LMCACHE_CPU_OPS": "1 (default): LMCache's cpu device ops run lmcache_ascend.ops; 0: its torch baseline",
     # Build (CANN detection) and host-memory registration: their reader is _cann.py, which the build
     # hook loads on its own before the package is installed, so their table lives there.
     **_CANN_ENV_VARS,
