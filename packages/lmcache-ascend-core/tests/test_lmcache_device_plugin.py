@@ -1,0 +1,65 @@
+"""LMCache >= 0.5 binds lmcache_ascend.ops into its CPU device ops in every process that imports it,
+through our `lmcache.device_plugins` entry point (patches/patch_lmcache_cpu_device_ops.py). Each
+check runs a fresh interpreter: the binding happens at `import lmcache`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("lmcache.v1.platform.devices.cpu.device_ops", reason="needs LMCache >= 0.5")
+
+PROBE = """
+import json, lmcache
+from lmcache.v1.platform import get_device_spec
+ops = lmcache.device_ops
+print("PROBE " + json.dumps({
+    "ops": type(ops).__name__,
+    "bound": {n: getattr(v, "__module__", "") for n, v in vars(ops).items() if not n.startswith("_")},
+    "torch_dev": type(lmcache.torch_dev).__name__,
+    "spec": get_device_spec("cpu").backend_name,
+}))
+"""
+
+
+def probe(**env):
+    run = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, **env})
+    assert run.returncode == 0, run.stderr[-3000:]
+    line = next(x for x in run.stdout.splitlines() if x.startswith("PROBE "))
+    return json.loads(line[len("PROBE "):]), run.stdout + run.stderr
+
+
+def test_every_kernel_of_lmcaches_cpu_ops_is_ours():
+    import lmcache_ascend.ops
+
+    result, output = probe()
+    assert result["ops"] == "CpuDeviceOps" and result["spec"] == "cpu"  # LMCache's own CPU spec stays
+    assert result["torch_dev"] == "StubCPUDevice"  # and its CPU device stub
+    ops = lmcache_ascend.ops
+    functions = {n for n in dir(ops) if not n.startswith("_") and callable(getattr(ops, n))
+                 and not isinstance(getattr(ops, n), type)}
+    assert "multi_layer_block_kv_transfer" in functions
+    for name in functions:
+        assert result["bound"].get(name, "").startswith("lmcache_ascend."), f"{name} is not bound to ours"
+    assert "LMCache's cpu device ops run lmcache_ascend.ops" in output  # the log line of every process
+
+
+def test_switched_off_keeps_lmcaches_torch_baseline():
+    result, output = probe(LMCACHE_ASCEND_LMCACHE_CPU_OPS="0")
+    assert result["bound"] == {} and "run lmcache_ascend.ops" not in output
+
+
+def test_the_entry_point_is_registered_and_never_selected():
+    from importlib.metadata import entry_points
+
+    from lmcache.v1.platform.devices.cpu import CpuDeviceSpec
+
+    [ep] = [e for e in entry_points(group="lmcache.device_plugins") if e.name == "lmcache_ascend_cpu"]
+    spec_cls = ep.load()
+    assert issubclass(spec_cls, CpuDeviceSpec)
+    spec = spec_cls()
+    assert spec.backend_name == ep.name and spec.device_type == "cpu" and not spec.is_available()
