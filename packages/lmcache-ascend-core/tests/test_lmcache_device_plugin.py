@@ -63,3 +63,35 @@ def test_the_entry_point_is_registered_and_never_selected():
     assert issubclass(spec_cls, CpuDeviceSpec)
     spec = spec_cls()
     assert spec.backend_name == ep.name and spec.device_type == "cpu" and not spec.is_available()
+
+
+MIGRATE = """
+import os, signal, sys, time, torch, lmcache
+from lmcache.v1.platform.devices.cpu.shm import migrate_to_shm_and_wrap
+kv = torch.zeros(4, 4096)
+print("SEGMENT " + migrate_to_shm_and_wrap(kv).shm_name, flush=True)
+sys.stdin.readline()  # the test looks at /dev/shm while this process lives
+{end}
+"""
+
+
+@pytest.mark.parametrize("end", ["os._exit(0)", "os.kill(os.getpid(), signal.SIGKILL)", "sys.exit(0)"],
+                         ids=["os._exit", "SIGKILL", "normal exit"])
+def test_a_kv_cache_moved_to_shared_memory_is_unlinked_however_its_process_ends(end):
+    """LMCache's lmcache-driven mode moves a CPU KV cache into /dev/shm/lmcache_kv_<pid>_<n>
+    (patches/patch_lmcache_cpu_kv_shm.py)."""
+    import time
+    from pathlib import Path
+
+    with subprocess.Popen([sys.executable, "-c", MIGRATE.format(end=end)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        line = next(x for x in proc.stdout if x.startswith("SEGMENT "))
+        segment = Path("/dev/shm") / line.split()[1].lstrip("/")
+        assert segment.exists()  # alive: the server may still map it by name
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(timeout=60)
+    deadline = time.monotonic() + 20
+    while segment.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not segment.exists(), f"{segment} was left behind"

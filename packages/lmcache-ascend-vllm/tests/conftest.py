@@ -1,6 +1,5 @@
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +17,9 @@ def demo_model(tmp_path_factory):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from lmcache_ascend.integration.vllm.serving import free_port as serving_free_port
+
+    return serving_free_port()
 
 
 @pytest.fixture
@@ -39,9 +38,10 @@ class EngineRun:
         self.answers = json.loads(lines[-1][len("RESULT "):]) if lines else None
 
 
-def run_engine(model: str, lmcache, prompts, timeout: int = 300, env=None) -> EngineRun:
-    """One vLLM engine process (scenario.py) serving `prompts` ([[tokens, seed], ...]) in order."""
-    spec = json.dumps({"model": model, "lmcache": lmcache, "prompts": prompts})
+def run_engine(model: str, lmcache, prompts, timeout: int = 300, env=None, mp=None) -> EngineRun:
+    """One vLLM engine process (scenario.py) serving `prompts` ([[tokens, seed], ...]) in order;
+    mp: LMCache's multiprocess mode ({"port": ..., "transfer_mode": ...}) instead of our connector."""
+    spec = json.dumps({"model": model, "lmcache": lmcache, "prompts": prompts, "mp": mp})
     full_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
     proc = subprocess.run([sys.executable, str(SCENARIO), spec], capture_output=True, text=True, timeout=timeout,
                           env=full_env)

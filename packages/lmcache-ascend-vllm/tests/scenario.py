@@ -1,8 +1,9 @@
 """One vLLM engine process for the end-to-end tests: reads a JSON scenario from argv[1], sends its
 prompts in order, prints one line `RESULT {json}` with what each request got, and exits.
 
-Scenario keys: model, lmcache (LMCache settings, or null for no connector), prompts (list of
-[num_tokens, seed]), max_tokens.
+Scenario keys: model, lmcache (LMCache settings, or null for no connector), mp (LMCache's
+multiprocess mode instead: {"port": ..., "transfer_mode": ...}), prompts (list of [num_tokens,
+seed]), max_tokens.
 """
 import json
 import sys
@@ -12,7 +13,7 @@ def main() -> int:
     spec = json.loads(sys.argv[1])
     from lmcache_ascend.integration.vllm import demo_model, serving
 
-    llm = serving.start_llm(spec["model"], spec["lmcache"])
+    llm = serving.start_llm(spec["model"], spec.get("lmcache"), mp=spec.get("mp"))
     answers = []
     for tokens, seed in spec["prompts"]:
         a = serving.ask(llm, demo_model.prompt(tokens, seed=seed), max_tokens=spec.get("max_tokens", 16))

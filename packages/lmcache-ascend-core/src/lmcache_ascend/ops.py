@@ -9,6 +9,7 @@ D2H = 1 (paged -> LMCache, store). Format values are `EngineKVFormat` members or
 """
 
 import ctypes as _ctypes
+import logging as _logging
 import math as _math
 from typing import Any as _Any
 
@@ -26,6 +27,8 @@ from lmcache_ascend.layouts import describe_chunk as _describe_chunk
 from lmcache_ascend.layouts import describe_paged as _describe_paged
 
 _H2D, _D2H = 0, 1
+_logger = _logging.getLogger(__name__)
+_announced: set = set()  # (op, format, direction) already logged in this process
 _SEPARATE_KV = _FORMAT_VALUES["NL_X_TWO_X_NB_BS_NH_HS"]
 
 # LMCache's own types, re-exported (the identical objects) where LMCache is installed: its parity
@@ -249,6 +252,16 @@ def multi_layer_block_kv_transfer(
         begin = i * chunk_size
         chunks.append((chunk, begin, min(begin + chunk_size, n_blocks * bs)))
     _transfer.transfer_kv(paged, chunks, slots, kind, skip * bs)
+    _announce("multi_layer_block_kv_transfer", fmt.name, kind)
+
+
+def _announce(op: str, fmt_name: str, kind: int) -> None:
+    """Say once per process which of our kernels LMCache drives (operators check it in the logs)."""
+    key = (op, fmt_name, kind)
+    if key not in _announced:
+        _announced.add(key)
+        _logger.info("lmcache-ascend: %s runs natively (%s, %s)", op, fmt_name,
+                     "store" if kind == _transfer.GATHER else "retrieve")
 
 
 def _host_view(address: int, shape: tuple, paged, arg: str):

@@ -32,15 +32,30 @@ def kv_transfer_config(lmcache: dict[str, Any]) -> Any:
                             kv_connector_extra_config={f"lmcache.{k}": v for k, v in lmcache.items()})
 
 
+def mp_kv_transfer_config(port: int, transfer_mode: Optional[str] = None) -> Any:
+    """vLLM's KVTransferConfig for LMCache's multiprocess mode: upstream's LMCacheMPConnector talking
+    to an `lmcache server` on loopback `port`; transfer_mode None = the device's default
+    (engine-driven on the CPU), or "lmcache_driven"."""
+    from vllm.config import KVTransferConfig
+
+    extra: dict[str, Any] = {"lmcache.mp.host": "tcp://127.0.0.1", "lmcache.mp.port": port}
+    if transfer_mode:
+        extra["lmcache.mp.mp_transfer_mode"] = transfer_mode
+    return KVTransferConfig(kv_connector="LMCacheMPConnector", kv_role="kv_both", kv_connector_extra_config=extra)
+
+
 def start_llm(model: str, lmcache: Optional[dict[str, Any]], *, kv_cache_gib: int = 1,
-              max_model_len: int = 8192) -> Any:
-    """vLLM on this host's platform; with our connector unless lmcache is None. vLLM's own prefix
+              max_model_len: int = 8192, mp: Optional[dict[str, Any]] = None) -> Any:
+    """vLLM on this host's platform; with our connector unless lmcache is None, or with LMCache's
+    multiprocess connector when mp ({"port": ..., "transfer_mode": ...}) is given. vLLM's own prefix
     cache is off, so what is reused comes from LMCache."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
     from vllm import LLM
 
     kwargs: dict[str, Any] = {}
-    if lmcache is not None:
+    if mp is not None:
+        kwargs["kv_transfer_config"] = mp_kv_transfer_config(mp["port"], mp.get("transfer_mode"))
+    elif lmcache is not None:
         kwargs["kv_transfer_config"] = kv_transfer_config(lmcache)
     return LLM(model=model, max_model_len=max_model_len, enforce_eager=True, dtype="bfloat16",
                enable_prefix_caching=False, disable_log_stats=False, seed=0, **kwargs)
@@ -54,15 +69,79 @@ def ask(llm: Any, prompt: str, max_tokens: int = 16) -> Answer:
                   cached_tokens=out.num_cached_tokens or 0)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float, what: str, log: Any = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before listening on port {port}"
+                               + (f": {log.read_text()[-3000:]}" if log is not None else ""))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout_s:.0f} s")
+
+
+@dataclass
+class MPServer:
+    """A running `lmcache server` (LMCache's multiprocess mode) on loopback."""
+    port: int
+    proc: subprocess.Popen
+    log: Any  # pathlib.Path of its combined output
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def lmcache_server(log_path: Any, *, chunk_size: int = 256, l1_size_gb: float = 1, shm_name: Optional[str] = None,
+                   port: Optional[int] = None, env: Optional[dict[str, str]] = None,
+                   timeout_s: float = 120) -> Iterator[MPServer]:
+    """`lmcache server` with an LRU L1 of l1_size_gb accepting both transfer modes, for the block;
+    shm_name: the engine-driven shared-memory path's segment. Its output goes to log_path."""
+    from pathlib import Path
+
+    exe = shutil.which("lmcache")
+    if exe is None:
+        raise RuntimeError("the `lmcache` command is not installed: pip install lmcache")
+    port = port or free_port()
+    http_port, metrics_port = free_port(), free_port()
+    cmd = [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--http-host", "127.0.0.1",
+           "--http-port", str(http_port), "--prometheus-port", str(metrics_port), "--chunk-size", str(chunk_size),
+           "--l1-size-gb", str(l1_size_gb), "--eviction-policy", "LRU", "--supported-transfer-mode", "auto"]
+    if shm_name:
+        cmd += ["--shm-name", shm_name]
+    log = Path(log_path)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    server = MPServer(port=port, proc=proc, log=log)
+    try:
+        _wait_for_port(http_port, proc, timeout_s, "lmcache server", log)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
 @contextlib.contextmanager
 def local_redis() -> Iterator[tuple[str, subprocess.Popen]]:
     """A redis-server on a free loopback port for the duration of the block: (url, process)."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
