@@ -457,6 +457,9 @@ Status enable_ascend_registration(const AscendRuntimePaths& paths) {
     return runtime_error("the Ascend driver reports version '" + version + "', which is not <major>.<minor>...");
 
   Library hal;
+  // Which driver uses which call (25: ACL, 24.1: HAL, older: none) is decided here, the source of truth.
+  // The doctor predicts it from DRIVER_REGISTRATION_CALLS in lmcache_ascend/_cann.py; update both
+  // together (test_device_registration.py checks they agree).
   const bool use_acl = major >= 25;
   if (use_acl) {
     if (!acl.symbol<AclHostRegister>("aclrtHostRegister") || !acl.symbol<AclHostUnregister>("aclrtHostUnregister"))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_ascend import memory
+from lmcache_ascend import _cann, memory
 
 MiB = 1 << 20
 
@@ -479,6 +479,10 @@ def test_driver_version_picks_the_path(fake_runtime, tmp_path, version, expect):
     """, FAKE_DRIVER_VERSION=version)
     result, (name, reason), registered = out
     assert expect in result
+    # The doctor predicts the native registrar's choice from _cann's table: both must agree.
+    release = _cann.parse_driver_version(version)
+    call = _cann.registration_call(release) if release else None
+    assert call == {"ascend-acl": "aclrtHostRegister", "ascend-hal": "halHostRegister"}.get(expect)
     if expect.startswith("ascend-"):
         assert name == expect and registered
     else:

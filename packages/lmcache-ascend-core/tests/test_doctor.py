@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import lmcache_ascend
-from lmcache_ascend import cli, doctor
+from lmcache_ascend import _cann, cli, doctor
+from lmcache_ascend.doctor import ascend, host_memory, plugins
 
 SCRIPT = Path(sys.executable).with_name("lmcache-ascend")
 MiB = 1 << 20
@@ -261,6 +262,9 @@ def test_pool_larger_than_memlock_warns_with_the_fix_on_a_cpu_host(tmp_path):
     assert pool["status"] == "warn" and pool["details"]["stage"] == "lock" and not pool["details"]["locked"]
     assert "the CPU backend runs with an unlocked pool" in pool["message"]
     assert "mlock of 16.0 MiB failed" in pool["message"] and "RLIMIT_MEMLOCK = 1.0 MiB (soft)" in pool["message"]
+    # The native error's generic fix is left out of the message: the check's own fix is the specific one.
+    assert host_memory.NATIVE_FIX_SEPARATOR in pool["details"]["error"] and "Fix:" not in pool["message"]
+    assert host_memory.without_native_fix(pool["details"]["error"]) in pool["message"]
     assert "at least 16.0 MiB" in pool["fix"] and "ulimit -l unlimited" in pool["fix"]
     assert "--ulimit memlock=-1 --cap-add IPC_LOCK" in pool["fix"]
 
@@ -268,6 +272,69 @@ def test_pool_larger_than_memlock_warns_with_the_fix_on_a_cpu_host(tmp_path):
     assert text.returncode == 0
     warn_line = next(i for i, line in enumerate(text.stdout.splitlines()) if line.startswith("  warn  host.pool"))
     assert text.stdout.splitlines()[warn_line + 1].strip() == "fix: " + pool["fix"]
+
+
+@pytest.mark.parametrize("native, failure", [
+    ("mlock of 16.0 MiB failed: Cannot allocate memory (errno 12). RLIMIT_MEMLOCK = 1.0 MiB (soft), 1.0 MiB (hard); "
+     "CAP_IPC_LOCK: no. Fix: raise the limit (`ulimit -l unlimited`), or use a smaller pool",
+     "mlock of 16.0 MiB failed: Cannot allocate memory (errno 12). RLIMIT_MEMLOCK = 1.0 MiB (soft), 1.0 MiB (hard); "
+     "CAP_IPC_LOCK: no"),
+    # Errors without the native fix (registration: the registrar's advice is part of the failure) stay whole.
+    ("registering 1.0 MiB of host memory with the device (ascend-hal) failed: halHostRegister returned 207001. "
+     "Check that the container has CAP_IPC_LOCK",
+     "registering 1.0 MiB of host memory with the device (ascend-hal) failed: halHostRegister returned 207001. "
+     "Check that the container has CAP_IPC_LOCK"),
+])
+def test_the_native_fix_is_split_off_in_one_place(native, failure):
+    assert host_memory.without_native_fix(native) == failure
+
+
+# -- checks other wheels register (entry-point group lmcache_ascend.doctor_checks) ---------------
+PLUGIN_MODULE = """
+from lmcache_ascend.doctor.report import INFO, Check
+
+
+def echo(env):
+    return [Check("plugin_test.echo", INFO, "seen", details={"value": env.get("DOCTOR_PLUGIN_TEST")})]
+
+
+def nothing(env):
+    return []
+
+
+def broken(env):
+    raise RuntimeError("boom")
+
+
+def not_checks(env):
+    return ["not a check"]
+"""
+
+
+def test_checks_other_wheels_register_run_after_the_package_checks(tmp_path):
+    site = tmp_path / "site"
+    write_dist(site, "doctor-plugin-test", "1.2.3")
+    entry_points = "\n".join(f"{name} = doctor_plugin_test:{name}" for name in ("echo", "nothing", "broken",
+                                                                                   "not_checks"))
+    (site / "doctor_plugin_test-1.2.3.dist-info" / "entry_points.txt").write_text(
+        f"[{plugins.GROUP}]\n{entry_points}\n")
+    (site / "doctor_plugin_test.py").write_text(PLUGIN_MODULE)
+    report, rc = doctor_json(env=dict(os.environ, PYTHONPATH=str(site), DOCTOR_PLUGIN_TEST="passed on"))
+    names = [c["name"] for c in report["checks"]]
+    # In entry-point name order (broken, echo, not_checks; nothing adds nothing), between packages and matrix.
+    added = names[names.index("packages") + 1:names.index("matrix")]
+    assert [n for n in added if not n.startswith("package.")] == ["plugin.broken", "plugin_test.echo",
+                                                                  "plugin.not_checks"]
+    checks = by_name(report)
+    assert checks["plugin_test.echo"]["status"] == "info"
+    assert checks["plugin_test.echo"]["details"] == {"value": "passed on"}  # the doctor's environment
+    broken = checks["plugin.broken"]
+    assert broken["status"] == "warn" and broken["details"] == {
+        "entry_point": "doctor_plugin_test:broken", "dist": "doctor-plugin-test", "error": "RuntimeError: boom"}
+    assert broken["fix"].endswith(f"pip install --force-reinstall doctor-plugin-test=={lmcache_ascend.__version__}")
+    wrong = checks["plugin.not_checks"]
+    assert wrong["status"] == "warn" and wrong["details"]["error"].startswith("TypeError: it returned 'not a check'")
+    assert rc == report["exit_status"] == (1 if report["counts"]["fail"] else 0)  # warnings do not fail the run
 
 
 # -- CANN detection, from a toolkit laid out as the CANN installer does ----------------------------
@@ -388,6 +455,24 @@ def test_npu_host_without_the_ascend_stack_fails_with_fixes(tmp_path):
     assert toolkit["status"] == "fail" and "set_env.sh" in toolkit["fix"]
 
 
+@pytest.mark.parametrize("driver, status, call", [
+    ("23.0.3", "fail", None), ("24.0.3", "fail", None), ("24.1.rc2", "ok", "halHostRegister"),
+    ("24.1.0", "ok", "halHostRegister"), ("25.0.rc1", "ok", "aclrtHostRegister"), ("26.0.0", "ok", "aclrtHostRegister"),
+    ("garbled", "warn", None),
+])
+def test_driver_check_follows_the_one_registration_table(driver, status, call):
+    host = ascend.Host(env={}, npus=1, toolkit=None, soc=None, driver=driver, ascend_library=None, registrar=None,
+                       registration=None)
+    check = ascend.check_driver(host)
+    assert (check.status, check.details) == (status, {"version": driver})
+    release = _cann.parse_driver_version(driver)
+    assert (_cann.registration_call(release) if release else None) == call
+    if call is not None:
+        assert check.message.endswith(f"(host memory registration: {call})")
+    if status == "fail":
+        assert check.fix == f"upgrade the Ascend driver to {_cann.release_text(_cann.MIN_REGISTRATION_DRIVER)} or newer"
+
+
 # A stand-in for libascendcl.so with the four calls the trial registration makes; it records the
 # order of calls so the doctor's ACL sequence (init, set device, reset, finalize) is checked here.
 RECORDING_ACL = r"""
@@ -422,13 +507,13 @@ def test_trial_device_sequence(tmp_path, init_rc, set_rc, why, calls):
     acl = ctypes.CDLL(str(library))
     acl.recorded.restype = ctypes.c_char_p
     acl.configure(init_rc, set_rc)
-    with doctor._npu_current({"LMCACHE_ASCEND_ACL_LIB": str(library)}, 0) as failure:
+    with ascend.npu_current({"LMCACHE_ASCEND_ACL_LIB": str(library)}, 0) as failure:
         assert failure == why
     assert acl.recorded().decode().strip() == calls
 
 
 def test_trial_device_without_acl():
-    with doctor._npu_current({"LMCACHE_ASCEND_ACL_LIB": "/nonexistent/libascendcl.so"}, 0) as failure:
+    with ascend.npu_current({"LMCACHE_ASCEND_ACL_LIB": "/nonexistent/libascendcl.so"}, 0) as failure:
         assert failure.startswith("libascendcl.so could not be loaded (/nonexistent/libascendcl.so: ")
 
 
@@ -553,49 +638,6 @@ def test_installed_packages_against_a_matrix_file(tmp_path):
     if by_name(report)["cann.toolkit"]["details"]["home"] is None:  # no real CANN on this host
         npu = by_name(report)["package.torch_npu"]
         assert npu["status"] == "warn" and "TORCH_DEVICE_BACKEND_AUTOLOAD=0" in npu["fix"]
-
-
-def fake_vllm_ascend(site: Path, version: str, registers_the_name: bool) -> None:
-    """vllm-ascend's metadata and package directory; releases that register LMCacheAscendConnector
-    ship its module (doctor reads the files: importing vllm-ascend needs torch_npu)."""
-    write_dist(site, "vllm-ascend", version)
-    package = site / "vllm_ascend"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    if registers_the_name:
-        module = site.joinpath(*doctor.VLLM_ASCEND_CONNECTOR_MODULE.split(".")).with_suffix(".py")
-        module.parent.mkdir(parents=True)
-        module.write_text("import lmcache_ascend\n")
-
-
-@pytest.mark.parametrize("plugins, left_out", [
-    (None, None), ("ascend,ascend_kv_connector,lmcache_ascend", None), ("ascend", "ascend_kv_connector,lmcache_ascend"),
-    ("ascend,ascend_kv_connector", "lmcache_ascend"), ("", "ascend_kv_connector,lmcache_ascend"),
-])
-def test_vllm_ascends_connector_name_needs_both_plugins(tmp_path, plugins, left_out):
-    """vllm-ascend's LMCacheAscendConnector reaches our connector only with vllm-ascend's connector
-    registration and lmcache-ascend-vllm's vLLM plugin both loaded."""
-    site = tmp_path / "site"
-    fake_vllm_ascend(site, "0.23.0", registers_the_name=True)
-    write_dist(site, "lmcache-ascend-vllm", lmcache_ascend.__version__)
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_PLUGINS"}
-    env.update(PYTHONPATH=str(site), **({} if plugins is None else {"VLLM_PLUGINS": plugins}))
-    check = by_name(doctor_json(env=env)[0]).get("package.vllm_ascend_connector")
-    if left_out is None:
-        assert check is None
-        return
-    assert check["status"] == "warn" and f"leaves out {left_out.replace(',', ', ')}" in check["message"]
-    assert check["fix"].startswith(f"add them: VLLM_PLUGINS={plugins + ',' if plugins else ''}{left_out} ")
-
-
-def test_vllm_ascend_without_that_name_or_without_our_vllm_wheel(tmp_path):
-    site = tmp_path / "site"
-    fake_vllm_ascend(site, "0.11.0", registers_the_name=False)  # older releases: nothing to serve
-    env = dict(os.environ, PYTHONPATH=str(site), VLLM_PLUGINS="ascend")
-    assert "package.vllm_ascend_connector" not in by_name(doctor_json(env=env)[0])
-    missing = doctor._vllm_ascend_connector_name({}, vllm_wheel=None)[0]
-    assert missing.status == "warn" and "runs vLLM's stock LMCache connector" in missing.message
-    assert missing.fix == f"pip install lmcache-ascend-vllm=={lmcache_ascend.__version__}"
 
 
 def test_bad_matrix_file_is_a_usage_error(tmp_path, capsys):

@@ -185,11 +185,30 @@ def driver_version(root: Path = DEFAULT_DRIVER_ROOT) -> str | None:
     return _key_values(Path(root) / "version.info").get("Version") or None
 
 
+# The host-memory registration call each Ascend driver release uses, newest first: a driver at or
+# above a release uses its call; below the last one, host memory cannot be registered. The native
+# registrar makes this choice when registration is enabled (enable_ascend_registration in
+# native/cpu/ascend_registrar.cpp) and is the source of truth; Python reads these thresholds from here
+# only, and test_device_registration.py checks both agree on every driver version it runs.
+DRIVER_REGISTRATION_CALLS = (((25, 0), "aclrtHostRegister"), ((24, 1), "halHostRegister"))
+MIN_REGISTRATION_DRIVER = DRIVER_REGISTRATION_CALLS[-1][0]
+
+
 def parse_driver_version(version: str | None) -> tuple[int, int] | None:
     """'24.1.rc2' -> (24, 1); '25.0.0' -> (25, 0); None unless it starts with two numbers. Same rule
-    as the native registrar's (ascend_registrar.hpp), which decides aclrtHostRegister vs halHostRegister."""
+    as the native registrar's parse_driver_version (ascend_registrar.cpp)."""
     match = re.match(r"\s*(\d+)\.(\d+)", version or "")
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def registration_call(release: tuple[int, int]) -> str | None:
+    """The registration call driver `release` (as parse_driver_version gives it) uses; None: too old."""
+    return next((call for first, call in DRIVER_REGISTRATION_CALLS if release >= first), None)
+
+
+def release_text(release: tuple[int, int]) -> str:
+    """(24, 1) -> '24.1'."""
+    return ".".join(map(str, release))
 
 
 def npu_count(dev: Path = Path("/dev")) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_ascend import doctor
+from lmcache_ascend.integration.vllm import doctor_checks
 from vllm_release import OUR_CLASS, OUR_PLUGINS_ONLY, VLLM_ASCEND_NAME
 
 try:
@@ -53,7 +53,7 @@ def test_vllm_ascend_registers_the_name_where_we_serve_it():
     assert registered.get(VLLM_ASCEND_NAME) == (VLLM_ASCEND_MODULE, CLASS_NAME), (
         f"vllm-ascend {VLLM_ASCEND} registers {VLLM_ASCEND_NAME} as {registered.get(VLLM_ASCEND_NAME)}; "
         f"patch_vllm_ascend_connector_name serves ({VLLM_ASCEND_MODULE!r}, {CLASS_NAME!r}): update the patch")
-    assert doctor.VLLM_ASCEND_CONNECTOR_MODULE == VLLM_ASCEND_MODULE  # what the doctor looks for
+    assert doctor_checks.registers_lmcache_ascend_connector()  # the doctor finds it where the patch serves it
 
 
 def test_our_plugin_is_a_vllm_general_plugin():
