@@ -196,7 +196,7 @@ def test_gpu_connectors_implement_lmcache_interface():
     """Our PagedKVConnector stands in for LMCache's whole-chunk connectors (GPUConnectorInterface);
     PagedKVLayerwiseConnector for its VLLMPagedMemLayerwiseGPUConnector, whose generator methods
     take their own arguments."""
-    from lmcache_ascend._lmcache_compat import gpu_connector_bases
+    from lmcache_ascend.integration.vllm.lmcache_compat import gpu_connector_bases
     from lmcache_ascend.integration.vllm.kv_connectors import PagedKVConnector, PagedKVLayerwiseConnector
 
     interface, layerwise = gpu_connector_bases()
