@@ -19,13 +19,13 @@ CORE_RANGE = "lmcache-ascend-core>=0.1,<0.2"
 # Ascend hosts (the --no-deps recipe: docs/deployment.md, "LMCache without its CUDA-only
 # dependencies"). Its range is the one the connector checks when it is built (one table:
 # supported_versions.SUPPORTED; 0.3.3's vLLM side needs CUDA and is refused there with the fix).
-SUPPORTED_VERSIONS = Path(__file__).parent / "src" / "lmcache_ascend" / "integration" / "vllm" / "supported_versions.py"
+SUPPORTED_VERSIONS = Path("src", "lmcache_ascend", "integration", "vllm", "supported_versions.py")
 # packaging: the connector compares the installed versions with those ranges.
 PACKAGING = "packaging>=20"
 
 
-def lmcache_requirement() -> str:
-    (distribution,), spec = runpy.run_path(str(SUPPORTED_VERSIONS))["SUPPORTED"]["LMCache"]
+def lmcache_requirement(root: Path) -> str:
+    (distribution,), spec = runpy.run_path(str(root / SUPPORTED_VERSIONS))["SUPPORTED"]["LMCache"]
     return distribution + spec
 
 
@@ -38,4 +38,4 @@ class CoreDependencyHook(MetadataHookInterface):
             core_dep = f"lmcache-ascend-core @ {core.resolve().as_uri()}"
         else:
             core_dep = CORE_RANGE
-        metadata["dependencies"] = [core_dep, lmcache_requirement(), PACKAGING]
+        metadata["dependencies"] = [core_dep, lmcache_requirement(Path(self.root)), PACKAGING]
