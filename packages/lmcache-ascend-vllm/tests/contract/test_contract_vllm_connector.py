@@ -11,6 +11,7 @@ reason says why.
 from __future__ import annotations
 
 import importlib
+import re
 
 import pytest
 
@@ -170,6 +171,41 @@ def test_factory_constructs_it_for_a_worker_that_moves_kv_through_lmcache():
         f"{run.stderr[-6000:]}")
 
 
+def test_supported_versions_accept_the_rows_that_serve_the_connector(contract_row):
+    """The connector's version check (supported_versions.SUPPORTED) accepts every matrix row whose
+    stack runs our connector and refuses, with the fix, the one that does not (LMCache 0.3.3)."""
+    from lmcache_ascend.integration.vllm.supported_versions import (SUPPORTED, UnsupportedVersionError,
+                                                                    check_supported_versions)
+
+    if contract_row is None:
+        pytest.skip("LMCACHE_ASCEND_CONTRACT_ROW is not set: no row says whether this stack serves the connector")
+    if contract_row.get("connector", True):
+        found = check_supported_versions()
+        assert (found["vLLM"][1], found["LMCache"][1]) == (VLLM_VERSION, LMCACHE_VERSION)
+        return
+    lmcache_range = SUPPORTED["LMCache"][1]
+    with pytest.raises(UnsupportedVersionError, match=re.escape(f"LMCache {LMCACHE_VERSION} is installed") + ".*"
+                       + re.escape(f"pip install 'lmcache{lmcache_range}'")):
+        check_supported_versions()
+
+
+@needs_import
+def test_factory_build_refuses_an_unsupported_release_with_the_fix(vllm_config, monkeypatch):
+    """Built by this vLLM's factory under a vLLM the connector does not support, it refuses before
+    LMCache starts, naming the installed version, the range and the pip command."""
+    import importlib.metadata
+
+    from lmcache_ascend.integration.vllm.supported_versions import SUPPORTED, UnsupportedVersionError
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: "0.34.0" if dist == VLLM_DIST else real(dist))
+    vllm_range = SUPPORTED["vLLM"][1]
+    with pytest.raises(UnsupportedVersionError, match=re.escape(
+            f"vLLM 0.34.0 is installed (distribution {VLLM_DIST}), supported: {vllm_range}; "
+            f"fix: pip install '{VLLM_DIST}{vllm_range}'")):
+        create_connector(API, vllm_config, API.KVConnectorRole.SCHEDULER)
+
+
 def _shut_down(connector) -> None:
     """Stop what LMCache started (its threads would keep the test process alive)."""
     impl = connector._lmcache_engine
@@ -196,7 +232,7 @@ def test_gpu_connectors_implement_lmcache_interface():
     """Our PagedKVConnector stands in for LMCache's whole-chunk connectors (GPUConnectorInterface);
     PagedKVLayerwiseConnector for its VLLMPagedMemLayerwiseGPUConnector, whose generator methods
     take their own arguments."""
-    from lmcache_ascend._lmcache_compat import gpu_connector_bases
+    from lmcache_ascend.integration.vllm.lmcache_compat import gpu_connector_bases
     from lmcache_ascend.integration.vllm.kv_connectors import PagedKVConnector, PagedKVLayerwiseConnector
 
     interface, layerwise = gpu_connector_bases()

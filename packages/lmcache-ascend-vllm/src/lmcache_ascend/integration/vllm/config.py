@@ -18,7 +18,7 @@ UNSUPPORTED = {"enable_blending": "CacheBlend", "use_gpu_connector_v3": "the CUD
 
 
 def _lmcache_keys() -> set[str]:
-    from lmcache_ascend._lmcache_compat import lmcache_setting_names
+    from lmcache_ascend.integration.vllm.lmcache_compat import lmcache_setting_names
 
     return lmcache_setting_names()
 

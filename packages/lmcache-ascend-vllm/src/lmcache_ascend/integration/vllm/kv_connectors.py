@@ -1,7 +1,7 @@
 """LMCache "GPU connectors" for paged KV caches that live in host memory (vLLM's CPU platform) or on
 an Ascend NPU: they move KV between vLLM's paged cache and LMCache memory objects with
-lmcache_ascend's kernels. They work with LMCache 0.5.x and 0.3.x (the differences live in
-lmcache_ascend._lmcache_compat, section "GPU-connector interface").
+lmcache_ascend's kernels. They work with LMCache 0.5.x and 0.3.x (the differences: the docstring of
+lmcache_ascend.integration.vllm.lmcache_compat; the layout recogniser: lmcache_ascend.lmcache_compat).
 
 The layout is found from the tensors vLLM registered (LMCache 0.5's own format detection, or their
 shapes under 0.3), so the backend follows the tensors, never import order. LMCache's memory
@@ -15,13 +15,14 @@ from typing import Any, Optional
 
 import torch
 
-from lmcache_ascend import _lmcache_compat as compat
+from lmcache_ascend import lmcache_compat as compat
+from lmcache_ascend.integration.vllm.lmcache_compat import gpu_connector_bases
 from lmcache_ascend.layouts import PagedKV, describe_chunk, describe_paged
 from lmcache_ascend.transfer import GATHER, SCATTER, slot_view, transfer_kv
 
 logger = logging.getLogger(__name__)
 
-GPUConnectorInterface, VLLMPagedMemLayerwiseGPUConnector = compat.gpu_connector_bases()
+GPUConnectorInterface, VLLMPagedMemLayerwiseGPUConnector = gpu_connector_bases()
 MemoryFormat = compat.MemoryFormat
 
 

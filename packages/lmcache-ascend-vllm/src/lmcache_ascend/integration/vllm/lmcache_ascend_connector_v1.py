@@ -5,7 +5,8 @@
 
 It is LMCache's own vLLM connector plus what vLLM-on-Ascend and vLLM-on-CPU need: the KV transfer
 runs on lmcache_ascend's kernels (picked from the KV-cache tensors vLLM registers), LMCache's local
-CPU pool comes from lmcache_ascend's native arena, and settings are checked before LMCache starts.
+CPU pool comes from lmcache_ascend's native arena, and settings and the installed vLLM and LMCache
+releases (supported_versions.py) are checked before LMCache starts.
 Importing this module changes nothing; constructing the connector applies the patches
 (lmcache_ascend.integration.vllm.patches), so import order does not matter.
 """
@@ -16,9 +17,11 @@ from typing import Any, Optional
 
 from lmcache.integration.vllm.lmcache_connector_v1 import LMCacheConnectorV1Dynamic
 
-from lmcache_ascend._lmcache_compat import CONNECTOR_TAKES_KV_CACHE_CONFIG, REMOTE_HEALTH_FALLBACK_POLICY
 from lmcache_ascend.integration.vllm.config import check_local_cpu_size, validate_extra_config
+from lmcache_ascend.integration.vllm.lmcache_compat import (
+    CONNECTOR_TAKES_KV_CACHE_CONFIG, REMOTE_HEALTH_FALLBACK_POLICY, process_independent_hash, vllm_integration_config)
 from lmcache_ascend.integration.vllm.patches import apply_patches
+from lmcache_ascend.integration.vllm.supported_versions import check_supported_versions
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
     (vllm_config, role, kv_cache_config) constructor calls, over LMCache 0.5.x or 0.3.x."""
 
     def __init__(self, vllm_config: Any, role: Any, kv_cache_config: Optional[Any] = None) -> None:
+        # First: outside the supported releases the failure would come from deep inside LMCache or vLLM.
+        check_supported_versions()
         _show_our_logs()
         ktc = vllm_config.kv_transfer_config
         extra = getattr(ktc, "kv_connector_extra_config", None) or {}
@@ -76,17 +81,13 @@ def _process_independent_hashing(ktc: Any) -> None:
     LMCache 0.5), unless the user chose; where the pair has none, say how to fix it."""
     import os
 
-    import vllm.utils
-
-    from lmcache_ascend._lmcache_compat import process_independent_hash
-
     extra = ktc.kv_connector_extra_config
     key = "lmcache.pre_caching_hash_algorithm"
     if key in (extra or {}) or os.environ.get("PYTHONHASHSEED") is not None:
         return
     if _lmcache_config().pre_caching_hash_algorithm != "builtin":
         return
-    algorithm = process_independent_hash(vllm.utils)
+    algorithm = process_independent_hash()
     if algorithm is None:
         logger.warning("lmcache-ascend: PYTHONHASHSEED is not set and this LMCache and vLLM pair has no chunk hash "
                        "that is the same in every process, so a restarted engine or another engine sharing the "
@@ -128,8 +129,4 @@ def _check_pool_size(extra: dict) -> None:
 
 
 def _lmcache_config() -> Any:
-    from lmcache.integration.vllm import utils
-
-    from lmcache_ascend._lmcache_compat import vllm_integration_config
-
-    return vllm_integration_config(utils)
+    return vllm_integration_config()

@@ -21,7 +21,7 @@ DEVICES = ("cpu", "npu")  # vLLM platforms served by our connectors (also patch_
 
 
 def apply() -> None:
-    from lmcache_ascend._lmcache_compat import HAS_GPU_CONNECTOR_FACTORY
+    from lmcache_ascend.integration.vllm.lmcache_compat import HAS_GPU_CONNECTOR_FACTORY
 
     if not HAS_GPU_CONNECTOR_FACTORY:  # LMCache 0.3.x: patch_lmcache03_engine
         return

@@ -27,7 +27,7 @@ TRUE_VALUES = ("1", "true", "yes")
 
 
 def apply() -> None:
-    from lmcache_ascend._lmcache_compat import HAS_GPU_CONNECTOR_FACTORY
+    from lmcache_ascend.integration.vllm.lmcache_compat import HAS_GPU_CONNECTOR_FACTORY
 
     if HAS_GPU_CONNECTOR_FACTORY:
         return
