@@ -3,7 +3,7 @@ prompts in order, prints one line `RESULT {json}` with what each request got, an
 
 Scenario keys: model, lmcache (LMCache settings, or null for no connector), mp (LMCache's
 multiprocess mode instead: {"port": ..., "transfer_mode": ...}), prompts (list of [num_tokens,
-seed]), max_tokens.
+seed], or "pause": print PAUSED and wait for a line on stdin, so a test can act mid-run), max_tokens.
 """
 import json
 import sys
@@ -15,7 +15,12 @@ def main() -> int:
 
     llm = serving.start_llm(spec["model"], spec.get("lmcache"), mp=spec.get("mp"))
     answers = []
-    for tokens, seed in spec["prompts"]:
+    for entry in spec["prompts"]:
+        if entry == "pause":
+            print("PAUSED", flush=True)
+            sys.stdin.readline()
+            continue
+        tokens, seed = entry
         a = serving.ask(llm, demo_model.prompt(tokens, seed=seed), max_tokens=spec.get("max_tokens", 16))
         answers.append({"ttft_s": a.ttft_s, "token_ids": a.token_ids, "cached_tokens": a.cached_tokens})
     print("RESULT " + json.dumps(answers), flush=True)

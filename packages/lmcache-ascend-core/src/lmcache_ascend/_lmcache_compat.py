@@ -106,11 +106,16 @@ def buffer_allocate(allocator: Any, shapes: Any, dtypes: Any, fmt: Any, batch_si
 # Imported on first use: the allocator above needs none of it.
 # =============================================================================================
 
-# LMCache 0.5's EngineKVFormat names -> lmcache_ascend layout of one layer: engine_formats' table,
-# except that the connector splits K|V rows packed per head (vLLM's CPU platform) into K and V
-# planes, so its memory objects keep LMCache's standard KV_2LTD format.
+# LMCache 0.5's EngineKVFormat names -> lmcache_ascend layout of one layer: engine_formats' table
+# for the formats the connector serves, one tensor (or tuple) per layer in the layout's own axes
+# (not cross-layer, SGLang's K-then-V lists, single-plane K or V, or DSA indexer planes: those are
+# the device module's, for MP mode), except that the connector splits
+# K|V rows packed per head (vLLM's CPU platform) into K and V planes, so its memory objects keep
+# LMCache's standard KV_2LTD format.
 LAYOUT_OF_ENGINE_FORMAT = {
-    **{f.name: f.layout for f in ENGINE_FORMATS.values() if f.layout and not f.packed},
+    **{f.name: f.layout for f in ENGINE_FORMATS.values()
+       if f.layout and not f.packed and f.engine_axes is None and not f.kv_list
+       and f.name not in ("NL_X_NB_BS_NH_HS", "NL_X_NB_BSV_BSS")},
     "NL_X_NB_NH_BS_CS": "cpu",      # [NB, NH, BS, 2*HS] vLLM CPU platform
     "NL_X_NB_BS_NH_CS": "cpu_nhd",  # [NB, BS, NH, 2*HS]
 }
