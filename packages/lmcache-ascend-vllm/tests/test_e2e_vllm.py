@@ -79,7 +79,11 @@ def test_unreachable_redis_keeps_serving_with_one_warning(demo_model):
     run = run_engine(demo_model, settings, [[600, 3], [600, 3], [600, 4], [600, 4], [600, 3]])
     check_ok(run)
     a = run.answers
-    assert a[0]["token_ids"] == a[1]["token_ids"] == a[4]["token_ids"] and a[2]["token_ids"] == a[3]["token_ids"]
+    # Loaded answers match each other exactly and their cold answer on the tokens straight from the
+    # prefill: a prefill over 512 loaded tokens rounds differently from a full one, and on this
+    # random-weight model greedy decoding can part after a few tokens (see the test above).
+    assert a[1]["token_ids"] == a[4]["token_ids"] and a[1]["token_ids"][:4] == a[0]["token_ids"][:4]
+    assert a[3]["token_ids"][:4] == a[2]["token_ids"][:4]
     assert a[1]["cached_tokens"] == 512 and a[3]["cached_tokens"] == 512  # the local tier keeps serving
     remote_warnings = [line for line in run.output.splitlines()
                        if "LMCache WARNING" in line and re.search(r"remote|connect|put error|Returning False", line, re.I)
