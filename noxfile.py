@@ -537,7 +537,7 @@ def bench(session: nox.Session) -> None:
     install(session, CPU_ROW.lmcache, core_extra="", deps=BENCH_DEPS)
     print_versions(session, "torch", "lmcache-ascend-core", "lmcache")
     out = str(ROOT / "docs" / "benchmarks.md")
-    for script in ("bench_transfer.py", "bench_allocator.py"):
+    for script in ("bench_transfer.py", "bench_block_transfer.py", "bench_allocator.py"):
         session.run("python", str(ROOT / "benchmarks" / script), "--out", out, *session.posargs)
 
 
@@ -551,9 +551,11 @@ def demo(session: nox.Session) -> None:
 
 @session(python="3.11", requires=["build"])
 def bench_serving(session: nox.Session) -> None:
-    """Time to first token cold vs warm through a real vLLM engine; results in docs/benchmarks.md."""
+    """Time to first token cold vs warm through a real vLLM engine (our connector, and LMCache's
+    multiprocess mode with our kernels vs upstream's); results in docs/benchmarks.md."""
     ensure_redis(session)
     install(session, CPU_ROW.lmcache, vllm_engine=CPU_ROW, connector=True)
     session.install(*BENCH_DEPS, *_pip_args())  # last, as before: vLLM's pins are settled first
-    session.run("python", str(ROOT / "benchmarks" / "bench_ttft.py"), "--out", str(ROOT / "docs" / "benchmarks.md"),
-                *session.posargs)
+    for script in ("bench_ttft.py", "bench_mp.py"):
+        session.run("python", str(ROOT / "benchmarks" / script), "--out", str(ROOT / "docs" / "benchmarks.md"),
+                    *session.posargs)

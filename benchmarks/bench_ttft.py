@@ -24,10 +24,11 @@ from common import machine_info, write_section
 LOCAL = {"chunk_size": 256, "local_cpu": True, "max_local_cpu_size": 1.0}
 
 
-def engine(model: str, lmcache, prompts: list) -> list[dict]:
-    """One vLLM engine process serving `prompts` ([tokens, seed]) in order; returns the answers."""
-    spec = json.dumps({"model": model, "lmcache": lmcache, "prompts": prompts})
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "LMCACHE_DISABLE_BANNER": "1"}
+def engine(model: str, lmcache, prompts: list, *, mp: dict | None = None, env: dict | None = None) -> list[dict]:
+    """One vLLM engine process serving `prompts` ([tokens, seed]) in order; returns the answers.
+    mp: LMCache's multiprocess mode ({"port": ...}) instead of our connector."""
+    spec = json.dumps({"model": model, "lmcache": lmcache, "prompts": prompts, "mp": mp})
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "LMCACHE_DISABLE_BANNER": "1", **(env or {})}
     out = subprocess.run([sys.executable, __file__, "--engine", spec], capture_output=True, text=True, env=env,
                          timeout=1200)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
@@ -40,7 +41,7 @@ def engine(model: str, lmcache, prompts: list) -> list[dict]:
 def run_engine_mode(spec: dict) -> None:
     from lmcache_ascend.integration.vllm import demo_model, serving
 
-    llm = serving.start_llm(spec["model"], spec["lmcache"])
+    llm = serving.start_llm(spec["model"], spec["lmcache"], mp=spec.get("mp"))
     serving.ask(llm, demo_model.prompt(300, seed=10_000), max_tokens=2)  # warm-up: one-time costs
     answers = []
     for tokens, seed in spec["prompts"]:
