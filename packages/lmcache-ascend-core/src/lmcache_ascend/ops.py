@@ -11,7 +11,11 @@ D2H = 1 (paged -> LMCache, store). Format values are `EngineKVFormat` members or
 import ctypes as _ctypes
 import logging as _logging
 import math as _math
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
+
+if _TYPE_CHECKING:  # the block op's annotation names torch.Tensor (LMCache's worker reads it)
+    import torch
 
 from lmcache_ascend import completions as _completions
 from lmcache_ascend import memory as _memory

