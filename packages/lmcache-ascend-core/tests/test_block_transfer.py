@@ -205,3 +205,17 @@ def test_bad_input_is_rejected_before_any_write(override, error, words):
     with pytest.raises(error, match=words):
         ops.multi_layer_block_kv_transfer(**args)
     assert all(same(a, b) for a, b in zip(args["paged_buffer_ptrs_tensor"], before))
+
+
+def test_the_format_table_the_oracle_and_lmcache_cover_each_other():
+    """A format LMCache adds, or one of ours without an oracle, fails here instead of going untested."""
+    import kvref
+    from lmcache_ascend.engine_formats import ENGINE_FORMATS
+
+    lmcache_native = pytest.importorskip("lmcache.lmcache_native")
+    theirs = {m.name: int(m) for m in lmcache_native.EngineKVFormat.__members__.values()}
+    assert theirs == {f.name: f.value for f in ENGINE_FORMATS.values()}
+    oracle = {*kvref.LAYOUTS, *kvref.GROUP_LAYOUTS, *kvref.NZ_LAYOUTS}
+    assert {f.layout for f in ENGINE_FORMATS.values()} <= oracle
+    # this file runs the block op for every format but the plane tuples (LMCache's parity suite does)
+    assert set(FORMATS) == {f.name for f in ENGINE_FORMATS.values() if not f.plane_groups}

@@ -114,8 +114,8 @@ def buffer_allocate(allocator: Any, shapes: Any, dtypes: Any, fmt: Any, batch_si
 # LMCache's standard KV_2LTD format.
 LAYOUT_OF_ENGINE_FORMAT = {
     **{f.name: f.layout for f in ENGINE_FORMATS.values()
-       if f.layout and not f.packed and f.engine_axes is None and not f.kv_list
-       and f.name not in ("NL_X_NB_BS_NH_HS", "NL_X_NB_BSV_BSS")},
+       if not f.packed and f.engine_axes is None and not f.kv_list
+       and f.name != "NL_X_NB_BSV_BSS"},
     "NL_X_NB_NH_BS_CS": "cpu",      # [NB, NH, BS, 2*HS] vLLM CPU platform
     "NL_X_NB_BS_NH_CS": "cpu_nhd",  # [NB, BS, NH, 2*HS]
 }

@@ -8,10 +8,12 @@ False = LMCache -> paged (retrieve) -- the same integers as 0.5's TransferDirect
 
 from lmcache_ascend import memory as _memory
 from lmcache_ascend import ops as _ops
+from lmcache_ascend.engine_formats import FORMAT_VALUES as _FORMAT
 
-# EngineKVFormat values (lmcache_ascend.engine_formats) standing for 0.3.x's layouts.
-_FLASH_ATTN, _FLASHINFER, _MLA = 1, 2, 3
-_MLA_PLANES = 17  # MLA layers as (latent, rope[, indexer key]) tuples (vllm-ascend DeepSeek)
+# The EngineKVFormats standing for 0.3.x's layouts.
+_FLASH_ATTN, _FLASHINFER = _FORMAT["NL_X_TWO_NB_BS_NH_HS"], _FORMAT["NL_X_NB_TWO_BS_NH_HS"]
+_MLA = _FORMAT["NL_X_NB_BS_HS"]
+_MLA_PLANES = _FORMAT["NL_X_NP_X_NB_BS_ONE_HS"]  # MLA layers as (latent, rope[, indexer key]) tuples (vllm-ascend DeepSeek)
 
 
 def _mla_format(key_value_ptrs) -> int:

@@ -11,22 +11,18 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lmcache_ascend._tensors import TensorView, address_view, as_view
-from lmcache_ascend.layouts import ENGINE_LAYOUTS, PagedKV
+from lmcache_ascend.layouts import ENGINE_LAYOUTS, PLANE_GROUP_LAYOUTS, PagedKV
 
 
 @dataclass(frozen=True)
 class EngineFormat:
+    """One EngineKVFormat: the layout of one layer's tensor in the one table
+    (lmcache_ascend.layouts.ENGINE_LAYOUTS / PLANE_GROUP_LAYOUTS), and how the engine's tensors
+    differ from it. Everything else about the format is read off the layout's axes."""
+
     value: int
     name: str
-    planes: int             # K/V planes moved separately: 1 for MLA and K/V-packed formats
-    tensors_per_layer: int  # 2 when K and V are separate tensors
-    two_major: bool         # K/V axis ahead of the block axis: V plane starts page_buffer_size tokens in
-    hnd: bool               # heads ahead of tokens inside a block
-    packed: bool            # K and V packed per head in the last axis (content = 2 * head_size)
-    layout: str | None      # lmcache_ascend.layouts.ENGINE_LAYOUTS name of one layer's tensor
-    # A layer is a tuple of planes of different widths (lmcache_ascend.layouts.PLANE_GROUP_LAYOUTS),
-    # each filling its own columns of the MLA memory object: only describable from the tensors.
-    plane_groups: bool = False
+    layout: str
     # Axes of the tensor(s) as the engine hands them over, where they differ from `layout`'s:
     # L = layer (one tensor holds every layer: cross-layer formats), BT = blocks and tokens fused
     # into one axis, 1 = a singleton axis. engine_views() turns them into `layout`'s axes.
@@ -35,39 +31,72 @@ class EngineFormat:
     kv_list: bool = False
 
     @property
+    def plane_groups(self) -> bool:
+        """A layer is a tuple of planes of different widths, each filling its own columns of the
+        MLA memory object: only describable from the tensors."""
+        return self.layout in PLANE_GROUP_LAYOUTS
+
+    @property
+    def _axes(self) -> tuple[str, ...]:
+        return () if self.plane_groups else ENGINE_LAYOUTS[self.layout][0]
+
+    @property
+    def tensors_per_layer(self) -> int:
+        """2 when K and V are separate tensors."""
+        return 1 if self.plane_groups else ENGINE_LAYOUTS[self.layout][1]
+
+    @property
+    def planes(self) -> int:
+        """K/V planes moved separately: 1 for MLA and K/V-packed formats."""
+        return 2 if "P" in self._axes or self.tensors_per_layer == 2 else 1
+
+    @property
+    def two_major(self) -> bool:
+        """K/V axis ahead of the block axis: the V plane starts page_buffer_size tokens in."""
+        return self._axes[:1] == ("P",)
+
+    @property
+    def hnd(self) -> bool:
+        """Heads ahead of tokens inside a block."""
+        return "H" in self._axes and self._axes.index("H") < self._axes.index("T")
+
+    @property
+    def packed(self) -> bool:
+        """One plane of whole heads that are not MLA latents (K|V packed per head, or K or V alone)."""
+        return self.layout.startswith("packed")
+
+    @property
     def cross_layer(self) -> bool:
         return self.engine_axes is not None and "L" in self.engine_axes
 
 
 _FORMATS = [
     # Cross-layer: one [NB, NL, 2, ...] tensor; layer l is tensor[:, l], a flashinfer block layout.
-    EngineFormat(0, "NB_NL_TWO_BS_NH_HS", 2, 1, False, False, False, "flashinfer",
-                 engine_axes=("B", "L", "P", "T", "H", "D")),
-    EngineFormat(8, "NB_NL_TWO_NH_BS_HS", 2, 1, False, True, False, "flashinfer_hnd",
-                 engine_axes=("B", "L", "P", "H", "T", "D")),
-    EngineFormat(4, "TWO_X_NL_X_NBBS_NH_HS", 2, 2, False, False, False, "separate_kv",
-                 engine_axes=("BT", "H", "D"), kv_list=True),
-    EngineFormat(9, "TWO_X_NL_X_NB_BS_NH_HS", 2, 2, False, False, False, "separate_kv", kv_list=True),
+    EngineFormat(0, "NB_NL_TWO_BS_NH_HS", "flashinfer", engine_axes=("B", "L", "P", "T", "H", "D")),
+    EngineFormat(1, "NL_X_TWO_NB_BS_NH_HS", "flash_attn"),
+    EngineFormat(2, "NL_X_NB_TWO_BS_NH_HS", "flashinfer"),
+    EngineFormat(3, "NL_X_NB_BS_HS", "mla"),
+    EngineFormat(4, "TWO_X_NL_X_NBBS_NH_HS", "separate_kv", engine_axes=("BT", "H", "D"), kv_list=True),
+    EngineFormat(5, "NL_X_NBBS_ONE_HS", "mla", engine_axes=("BT", "1", "D")),
+    EngineFormat(6, "NL_X_TWO_NB_NH_BS_HS", "hnd"),
+    EngineFormat(7, "NL_X_NB_TWO_NH_BS_HS", "flashinfer_hnd"),
+    EngineFormat(8, "NB_NL_TWO_NH_BS_HS", "flashinfer_hnd", engine_axes=("B", "L", "P", "H", "T", "D")),
+    EngineFormat(9, "TWO_X_NL_X_NB_BS_NH_HS", "separate_kv", kv_list=True),
+    # K and V packed per head in the last axis (content = 2 * head_size); 10/11 are LMCache's
+    # deprecated names of 12/13.
+    EngineFormat(10, "NL_X_NB_NH_BS_TWO_HS", "packed_hnd"),
+    EngineFormat(11, "NL_X_NB_BS_NH_TWO_HS", "packed_nhd"),
+    EngineFormat(12, "NL_X_NB_NH_BS_CS", "packed_hnd"),
+    EngineFormat(13, "NL_X_NB_BS_NH_CS", "packed_nhd"),
     # vLLM's DSA indexer cache [NB, BS, W]: moved as an MLA latent.
-    EngineFormat(14, "NL_X_NB_BSV_BSS", 1, 1, False, False, False, "mla"),
+    EngineFormat(14, "NL_X_NB_BSV_BSS", "mla"),
     # vLLM-RBLN: [2, NB, NH, 1, BS, HS], the bytes of NL_X_TWO_NB_NH_BS_HS.
-    EngineFormat(15, "NL_X_TWO_NB_NH_ONE_BS_HS", 2, 1, True, True, False, "hnd",
-                 engine_axes=("P", "B", "H", "1", "T", "D")),
-    # SGLang's single-plane [NB, BS, NH, HS] (K or V alone).
-    EngineFormat(18, "NL_X_NB_BS_NH_HS", 1, 1, False, False, False, "packed_nhd"),
-    EngineFormat(1, "NL_X_TWO_NB_BS_NH_HS", 2, 1, True, False, False, "flash_attn"),
-    EngineFormat(2, "NL_X_NB_TWO_BS_NH_HS", 2, 1, False, False, False, "flashinfer"),
-    EngineFormat(3, "NL_X_NB_BS_HS", 1, 1, False, False, False, "mla"),
-    EngineFormat(5, "NL_X_NBBS_ONE_HS", 1, 1, False, False, False, "mla", engine_axes=("BT", "1", "D")),
-    EngineFormat(6, "NL_X_TWO_NB_NH_BS_HS", 2, 1, True, True, False, "hnd"),
-    EngineFormat(7, "NL_X_NB_TWO_NH_BS_HS", 2, 1, False, True, False, "flashinfer_hnd"),
-    EngineFormat(10, "NL_X_NB_NH_BS_TWO_HS", 1, 1, False, True, True, "packed_hnd"),
-    EngineFormat(11, "NL_X_NB_BS_NH_TWO_HS", 1, 1, False, False, True, "packed_nhd"),
-    EngineFormat(12, "NL_X_NB_NH_BS_CS", 1, 1, False, True, True, "packed_hnd"),
-    EngineFormat(13, "NL_X_NB_BS_NH_CS", 1, 1, False, False, True, "packed_nhd"),
-    EngineFormat(16, "NL_X_TWO_X_NB_BS_NH_HS", 2, 2, False, False, False, "separate_kv"),
+    EngineFormat(15, "NL_X_TWO_NB_NH_ONE_BS_HS", "hnd", engine_axes=("P", "B", "H", "1", "T", "D")),
+    EngineFormat(16, "NL_X_TWO_X_NB_BS_NH_HS", "separate_kv"),
     # vllm-ascend MLA (latent, rope) / DSA (latent, rope, indexer key) tuples of [NB, BS, 1, W_i].
-    EngineFormat(17, "NL_X_NP_X_NB_BS_ONE_HS", 1, 1, False, False, False, "mla_planes", plane_groups=True),
+    EngineFormat(17, "NL_X_NP_X_NB_BS_ONE_HS", "mla_planes"),
+    # SGLang's single-plane [NB, BS, NH, HS] (K or V alone).
+    EngineFormat(18, "NL_X_NB_BS_NH_HS", "packed_nhd"),
 ]
 _FORMATS.sort(key=lambda f: f.value)
 ENGINE_FORMATS = {f.value: f for f in _FORMATS}

@@ -306,11 +306,14 @@ def single_layer_kv_transfer(
     NL_X_NP_X_NB_BS_ONE_HS).
     """
     fmt = _engine_format(engine_kv_format)
-    if fmt.layout is None or fmt.tensors_per_layer != 1:
+    if fmt.tensors_per_layer != 1:
         raise ValueError(f"engine_kv_format {fmt.name} has no single-tensor layer; single_layer_kv_transfer "
                          "takes one paged tensor per layer")
     kind = _kernel_direction(direction)
-    paged = _describe_paged([vllm_key_value_cache], fmt.layout, "vllm_key_value_cache")
+    # A cross-layer cache hands over one layer as its [NB, 2, ...] slice, already in the layout's axes.
+    entries = [vllm_key_value_cache] if fmt.cross_layer else _engine_views(fmt, [vllm_key_value_cache],
+                                                                           arg="vllm_key_value_cache")
+    paged = _describe_paged(entries, fmt.layout, "vllm_key_value_cache")
     lmc = _as_view(lmc_key_value_cache, "lmc_key_value_cache", writable=kind == _transfer.GATHER)
     if fmt.planes == 1:
         if lmc.ndim != 2:
