@@ -17,14 +17,13 @@ import argparse
 import datetime
 import os
 import statistics
-import time
 from pathlib import Path
 
 os.environ.setdefault("LMCACHE_LOG_LEVEL", "WARNING")  # LMCache's import banner
 
 import torch  # noqa: E402
 
-from common import machine_info, write_section  # noqa: E402
+from common import machine_info, sample_gbps, write_section  # noqa: E402
 
 import lmcache_ascend.ops as ours  # noqa: E402
 from lmcache.lmcache_native import EngineKVFormat, PageBufferShapeDesc, TransferDirection  # noqa: E402
@@ -54,16 +53,6 @@ def objects(fmt: EngineKVFormat) -> list[torch.Tensor]:
     return [torch.zeros(shape, dtype=DTYPE) for _ in range(TOKENS // CHUNK)]
 
 
-def gbps(fn, nbytes: int, min_s: float) -> float:
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_s:
-            return nbytes * calls / elapsed / 1e9
-
-
 def run_case(fmt: EngineKVFormat, bs: int, rounds: int, min_s: float) -> list[dict]:
     nb = 4 * TOKENS // bs  # 4x the request's blocks, so they are scattered
     paged, desc = engine_cache(fmt, nb, bs)
@@ -89,7 +78,7 @@ def run_case(fmt: EngineKVFormat, bs: int, rounds: int, min_s: float) -> list[di
         names = list(contenders)
         for r in range(rounds):
             for k in names[r % 3:] + names[:r % 3]:
-                samples[k].append(gbps(contenders[k], nbytes, min_s))
+                samples[k].append(sample_gbps(contenders[k], nbytes, min_s))
         med = {k: statistics.median(v) for k, v in samples.items()}
         rows.append({"format": fmt.name, "bs": bs, "direction": name, **med,
                      "vs_copy": med["ours"] / med["copy"], "vs_baseline": med["ours"] / med["baseline"]})

@@ -31,6 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 import common  # noqa: E402
+from common import sample_gbps  # noqa: E402
 
 import lmcache_ascend  # noqa: E402
 from lmcache_ascend.ops import multi_layer_kv_transfer as ours_transfer  # noqa: E402
@@ -208,16 +209,6 @@ def verify(layout: Layout, c: Config, layers, call_ours, call_fallback, slots, b
 # ---------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------
-
-def sample_gbps(fn, nbytes: int, min_s: float) -> float:
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_s:
-            return nbytes * calls / elapsed / 1e9
-
 
 def time_interleaved(contenders: dict, nbytes: int, c: Config) -> dict:
     """contenders: name -> (our threads, torch threads, fn); the thread counts are set untimed."""

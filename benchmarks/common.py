@@ -5,7 +5,19 @@ import importlib.metadata
 import os
 import platform
 import re
+import time
 from pathlib import Path
+
+
+def sample_gbps(fn, nbytes: int, min_s: float) -> float:
+    """GB/s of `nbytes` per call of fn, over as many calls as fit in min_s seconds."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_s:
+            return nbytes * calls / elapsed / 1e9
 
 
 def machine_info() -> dict:
