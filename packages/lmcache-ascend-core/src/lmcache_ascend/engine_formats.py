@@ -97,6 +97,8 @@ _FORMATS = [
     EngineFormat(17, "NL_X_NP_X_NB_BS_ONE_HS", "mla_planes"),
     # SGLang's single-plane [NB, BS, NH, HS] (K or V alone).
     EngineFormat(18, "NL_X_NB_BS_NH_HS", "packed_nhd"),
+    # LMCache 0.5.7: vLLM-RBLN's blocks-first [NB, 2, NH, 1, BS, HS], the bytes of NL_X_NB_TWO_NH_BS_HS.
+    EngineFormat(19, "NL_X_NB_TWO_NH_ONE_BS_HS", "flashinfer_hnd", engine_axes=("B", "P", "H", "1", "T", "D")),
 ]
 _FORMATS.sort(key=lambda f: f.value)
 ENGINE_FORMATS = {f.value: f for f in _FORMATS}
