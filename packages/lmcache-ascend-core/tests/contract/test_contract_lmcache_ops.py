@@ -83,6 +83,20 @@ def test_c_ops_pinned_memory_matches_lmcache_03_cpu_fallback():
     assert not problems, "\n".join(problems)
 
 
+def _ops_and_lmcache_types():
+    """lmcache_ascend.ops' public callables, minus the types it re-exports from LMCache, which must be
+    LMCache's own objects (bind_native then rebinds them to themselves)."""
+    import lmcache.lmcache_native as native
+
+    import lmcache_ascend.ops as ops
+
+    public = {n: getattr(ops, n) for n in dir(ops) if not n.startswith("_") and callable(getattr(ops, n))}
+    types = {n: t for n, t in public.items() if isinstance(t, type)}
+    assert all(t is getattr(native, n, None) for n, t in types.items()), \
+        f"types in lmcache_ascend.ops that are not LMCache's own: {sorted(types)}"
+    return {n: f for n, f in public.items() if n not in types}
+
+
 def _device_ops_reference(name: str):
     """LMCache 0.5.x's DeviceOps.<name>, or the torch fallback it forwards *args/**kwargs to."""
     from lmcache.v1.platform.base import device_ops as base
@@ -100,9 +114,7 @@ def _device_ops_reference(name: str):
 def test_every_op_we_bind_replaces_a_device_op_with_its_signature():
     """NpuDeviceOps.ensure_native binds every public callable of lmcache_ascend.ops over DeviceOps'
     torch fallback of the same name: each must exist there and take the same arguments."""
-    import lmcache_ascend.ops as ops
-
-    ours = {n: getattr(ops, n) for n in dir(ops) if not n.startswith("_") and callable(getattr(ops, n))}
+    ours = _ops_and_lmcache_types()
     problems = []
     for name, fn in sorted(ours.items()):
         reference = _device_ops_reference(name)
@@ -118,7 +130,7 @@ def test_every_op_we_bind_replaces_a_device_op_with_its_signature():
 def test_ops_serves_every_device_ops_call_lmcache_05_makes():
     import lmcache_ascend.ops as ops
 
-    ours = {n for n in dir(ops) if not n.startswith("_")}
+    ours = set(_ops_and_lmcache_types())
     calls = [c for c in device_ops_calls(ROOT) if c.name in ours]
     assert {c.name for c in calls} >= {"multi_layer_kv_transfer", "single_layer_kv_transfer"}, (
         f"found no device_ops KV-transfer call in LMCache {VERSION}'s sources: the reader is broken")
