@@ -85,6 +85,10 @@ void test_missing_library() {
   CHECK(path.size() > std::strlen("/liblmcache_ascend_npu.so"));
   CHECK_CONTAINS(path, "/liblmcache_ascend_npu.so");
   CHECK(npu_transfer_kv(nullptr, 0, options).code == StatusCode::kInvalidArgument);
+  // LMCache's stream-ordered records wait for the stream through the same library.
+  Status sync = npu_synchronize_stream(reinterpret_cast<void*>(0x1));
+  CHECK(sync.code == StatusCode::kRuntimeError);
+  CHECK_CONTAINS(sync.message, "built without the Ascend backend");
 }
 
 void test_prepare_maps_registered_host_chunks() {
