@@ -139,3 +139,24 @@ def test_current_npu_stream_without_torch_npu(monkeypatch):
 def test_npu_library_is_looked_up_next_to_the_cpu_library():
     path = native_transfer.npu_library_path()
     assert path.endswith("/lmcache_ascend/_native/liblmcache_ascend_npu.so")
+
+
+def test_block_op_routes_an_npu_cache_to_the_npu_and_writes_nothing_here(monkeypatch):
+    """LMCache's MP block op on an NPU KV cache goes to the NPU entry (here: a build without it)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(transfer, "current_npu_stream", lambda *_: 0x1234)
+
+    layers, chunk, _ = world()
+    objects = [np.zeros((2, L, 8, NH * HS), dtype=np.float16)]
+    before = [o.copy() for o in objects]
+    desc = SimpleNamespace(nl=L, nb=NB, bs=BS, nh=NH, hs=HS, element_size=2, block_stride_elems=0, dtype=None)
+    with pytest.raises(RuntimeError, match="built without the Ascend backend"):
+        ops.multi_layer_block_kv_transfer([on_npu(t) for t in layers], objects, [1, 3], "npu", 1, desc, 8, 1, 0)
+    assert all((a == b).all() for a, b in zip(objects, before))
+
+
+def test_records_on_an_npu_stream_need_the_npu_library():
+    with pytest.raises(RuntimeError, match="built without the Ascend backend"):
+        ops.record_event_on_stream(0x1, "store", "s", {}, {})
+    assert ops.drain_recorded_events() == []
