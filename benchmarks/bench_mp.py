@@ -80,7 +80,8 @@ memory, `--shm-name`, or its socket): with our kernels bound in both processes, 
 {chr(10).join(table)}
 
 Target MP warm TTFT with our kernels <= {TARGET}x upstream MP's (shared memory): {'**met**' if ratio <= TARGET else '**missed**'}
-({ratio:.2f}x). Machine: {info}.
+({ratio:.2f}x). Machine: {info}. One run on a shared 2-core machine: a run made while CI ran
+beside it had the shared-memory pair the other way round (838 vs 502 ms); rerun before relying on it.
 <!-- mp:end -->
 """
     print(section)
