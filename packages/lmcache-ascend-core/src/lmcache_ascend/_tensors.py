@@ -56,8 +56,11 @@ class TensorView:
         return f"shape {list(self.shape)}, strides {list(self.strides)}, dtype {self.dtype}, device {self.device}"
 
 
-def address_view(address: int, shape: tuple[int, ...], itemsize: int, dtype: str, device: str) -> TensorView:
+def address_view(address: int, shape: tuple[int, ...], itemsize: int, dtype: str, device: str,
+                 arg: str = "address") -> TensorView:
     """A contiguous view of raw memory at `address` (LMCache hands some buffers over as pointers)."""
+    if address <= 0:
+        raise ValueError(f"{arg}: address {address:#x} is null or negative; pass the buffer's data pointer")
     strides, step = [], 1
     for n in reversed(shape):
         strides.append(step)

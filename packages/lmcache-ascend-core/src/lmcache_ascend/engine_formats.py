@@ -100,7 +100,6 @@ _FORMATS = [
     # LMCache 0.5.7: vLLM-RBLN's blocks-first [NB, 2, NH, 1, BS, HS], the bytes of NL_X_NB_TWO_NH_BS_HS.
     EngineFormat(19, "NL_X_NB_TWO_NH_ONE_BS_HS", "flashinfer_hnd", engine_axes=("B", "P", "H", "1", "T", "D")),
 ]
-_FORMATS.sort(key=lambda f: f.value)
 ENGINE_FORMATS = {f.value: f for f in _FORMATS}
 FORMAT_VALUES = {f.name: f.value for f in _FORMATS}  # look formats up by name, never by magic number
 
@@ -232,11 +231,9 @@ def _addresses(paged: Any) -> list[int] | None:
 
 def _pointer_view(address: int, fmt: EngineFormat, geometry: PagedGeometry, arg: str) -> TensorView:
     """A contiguous view of the engine tensor at `address`, its shape from the format and geometry."""
-    if address <= 0:
-        raise ValueError(f"{arg}: address {address:#x} is null or negative; pass the KV cache's data pointers")
     axes = _axes(fmt)
     shape = tuple(geometry.axis_size(a) for a in axes)
-    view = address_view(address, shape, geometry.itemsize, geometry.dtype, geometry.device)
+    view = address_view(address, shape, geometry.itemsize, geometry.dtype, geometry.device, arg)
     tight = view.strides[0]
     if geometry.block_stride and geometry.block_stride != tight:
         # vLLM's blocks-first pools: blocks further apart than one block's elements

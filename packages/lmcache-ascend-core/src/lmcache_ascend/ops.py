@@ -239,7 +239,6 @@ def multi_layer_block_kv_transfer(
     if len(objects) < needed:
         raise ValueError(f"lmcache_objects_ptrs: {len(objects)} memory objects for {n_blocks} blocks; with "
                          f"lmcache_chunk_size={chunk_size} ({blocks_per_object} blocks each) they need {needed}")
-    chunk_fmt = "KV_2LTD" if paged.num_planes == 2 else "ONE_LTD"
     chunks = []
     for i in range(needed):
         if (i + 1) * blocks_per_object <= skip:
@@ -247,12 +246,10 @@ def multi_layer_block_kv_transfer(
         view = object_views[i]
         if view is None:  # a host address: LMCache's layout of one memory object
             shape = ((2,) if paged.num_planes == 2 else ()) + (paged.num_layers, chunk_size, paged.hidden)
-            view = _host_view(objects[i], shape, paged, f"lmcache_objects_ptrs[{i}]")
-        if chunk_fmt == "ONE_LTD" and view.ndim == 4:
-            chunk_fmt_i = "KV_MLA_FMT"  # [1, L, T, D], as the in-process engine allocates them
-        else:
-            chunk_fmt_i = chunk_fmt
-        chunk = _describe_chunk(view, chunk_fmt_i, f"lmcache_objects_ptrs[{i}]", writable=kind == _transfer.GATHER)
+            view = _address_view(objects[i], shape, paged.itemsize, paged.dtype, "cpu", f"lmcache_objects_ptrs[{i}]")
+        # single-plane objects are [L, T, D], or [1, L, T, D] as the in-process engine allocates them
+        chunk_fmt = "KV_2LTD" if paged.num_planes == 2 else ("KV_MLA_FMT" if view.ndim == 4 else "ONE_LTD")
+        chunk = _describe_chunk(view, chunk_fmt, f"lmcache_objects_ptrs[{i}]", writable=kind == _transfer.GATHER)
         begin = i * chunk_size
         chunks.append((chunk, begin, min(begin + chunk_size, n_blocks * bs)))
     _transfer.transfer_kv(paged, chunks, slots, kind, skip * bs)
@@ -266,12 +263,6 @@ def _announce(op: str, fmt_name: str, kind: int) -> None:
         _announced.add(key)
         _logger.info("lmcache-ascend: %s runs natively (%s, %s)", op, fmt_name,
                      "store" if kind == _transfer.GATHER else "retrieve")
-
-
-def _host_view(address: int, shape: tuple, paged, arg: str):
-    if address <= 0:
-        raise ValueError(f"{arg}: address {address:#x} is null or negative; pass memory objects' data pointers")
-    return _address_view(address, shape, paged.itemsize, paged.dtype, "cpu")
 
 
 def multi_layer_kv_transfer_unilateral(
