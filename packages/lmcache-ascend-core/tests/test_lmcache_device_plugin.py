@@ -13,7 +13,10 @@ import pytest
 pytest.importorskip("lmcache.v1.platform.devices.cpu.device_ops", reason="needs LMCache >= 0.5")
 
 PROBE = """
-import json, lmcache
+import json, os
+for module in filter(None, os.environ.get("PROBE_IMPORT_FIRST", "").split(",")):
+    __import__(module)
+import lmcache
 from lmcache.v1.platform import get_device_spec
 ops = lmcache.device_ops
 print("PROBE " + json.dumps({
@@ -33,10 +36,14 @@ def probe(**env):
     return json.loads(line[len("PROBE "):]), run.stdout + run.stderr
 
 
-def test_every_kernel_of_lmcaches_cpu_ops_is_ours():
+@pytest.mark.parametrize("first", ["", "lmcache_ascend.ops", "lmcache_ascend.c_ops"],
+                         ids=["lmcache-first", "ops-first", "c_ops-first"])
+def test_every_kernel_of_lmcaches_cpu_ops_is_ours(first):
+    """Whichever is imported first: importing ours first once made LMCache bind our half-imported
+    module, i.e. none of our kernels."""
     import lmcache_ascend.ops
 
-    result, output = probe()
+    result, output = probe(PROBE_IMPORT_FIRST=first)
     assert result["ops"] == "CpuDeviceOps" and result["spec"] == "cpu"  # LMCache's own CPU spec stays
     assert result["torch_dev"] == "StubCPUDevice"  # and its CPU device stub
     ops = lmcache_ascend.ops

@@ -18,6 +18,7 @@ if _TYPE_CHECKING:  # the block op's annotation names torch.Tensor (LMCache's wo
     import torch
 
 from lmcache_ascend import completions as _completions
+from lmcache_ascend import known_memory as _known_memory
 from lmcache_ascend import memory as _memory
 from lmcache_ascend import transfer as _transfer
 from lmcache_ascend._tensors import address_view as _address_view
@@ -36,11 +37,29 @@ _announced: set = set()  # (op, format, direction) already logged in this proces
 _SEPARATE_KV = _FORMAT_VALUES["NL_X_TWO_X_NB_BS_NH_HS"]
 
 # LMCache's own types, re-exported (the identical objects) where LMCache is installed: its parity
-# suite and callers build them as `ops.PageBufferShapeDesc()` / `ops.TransferDirection.H2D`.
-try:
-    from lmcache.lmcache_native import EngineKVFormat, PageBufferShapeDesc, TransferDirection  # noqa: F401
-except ImportError:  # the core works without LMCache
-    pass
+# suite and callers build them as `ops.PageBufferShapeDesc()` / `ops.TransferDirection.H2D`, and
+# LMCache's DeviceOps takes them from the module it binds. Resolved on first access, not at import:
+# importing LMCache here would make LMCache bind this module while it is half imported (LMCache
+# binds its device module while `import lmcache` runs) and so bind none of our kernels.
+_LMCACHE_TYPES = ("EngineKVFormat", "PageBufferShapeDesc", "TransferDirection")
+
+
+def _lmcache_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("lmcache") is not None
+
+
+def __getattr__(name: str) -> _Any:
+    if name in _LMCACHE_TYPES and _lmcache_installed():
+        from lmcache import lmcache_native
+
+        return getattr(lmcache_native, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted([*globals(), *(_LMCACHE_TYPES if _lmcache_installed() else ())])
 
 
 def _kernel_direction(direction: _Any) -> int:
@@ -120,6 +139,15 @@ def _plane_groups(key_value_ptrs: _Any, fmt, num_layers: int, page_buffer_size: 
     return paged
 
 
+def _require_one_slot_per_token(slot_mapping, num_tokens: int) -> None:
+    """A slot mapping longer or shorter than the chunk is a caller's bug: moving a prefix of it would
+    drop or misplace tokens silently."""
+    n = _transfer.slot_view(slot_mapping).shape[0]
+    if n != num_tokens:
+        raise ValueError(f"slot_mapping: has {n} slots but key_value holds {num_tokens} tokens; pass exactly one "
+                         "slot per token of the chunk (slot_mapping[start:end] for tokens [start, end))")
+
+
 def multi_layer_kv_transfer(
     key_value, key_value_ptrs, slot_mapping, paged_memory_device, page_buffer_size: int, direction,
     engine_kv_format, block_size: int = 0, head_size: int = 0, skip_prefix_n_tokens: int = 0,
@@ -141,6 +169,7 @@ def multi_layer_kv_transfer(
     kind = _kernel_direction(direction)
     chunk = _describe_chunk(key_value, "KV_2LTD" if fmt.planes == 2 else "KV_MLA_FMT", "key_value",
                             writable=kind == _transfer.GATHER)
+    _require_one_slot_per_token(slot_mapping, chunk.num_tokens)
     if fmt.plane_groups:
         groups = _plane_groups(key_value_ptrs, fmt, chunk.num_layers, page_buffer_size)
         if groups.device != _device_type(paged_memory_device):
@@ -400,6 +429,8 @@ def batched_memcpy(src_ptrs, dst_ptrs, sizes) -> None:
     for i, (s, d, size) in enumerate(zip(src, dst, n)):
         if size < 0 or (size and (s <= 0 or d <= 0)):
             raise ValueError(f"batched_memcpy: copy {i} has size {size}, source {s:#x}, destination {d:#x}")
+        _known_memory.require_mapped(s, size, f"src_ptrs[{i}]", write=False)
+        _known_memory.require_mapped(d, size, f"dst_ptrs[{i}]", write=True)
     for s, d, size in zip(src, dst, n):
         if size:
             _ctypes.memmove(d, s, size)
@@ -439,12 +470,16 @@ def lmcache_memcpy_async(dest, src, nbytes: int, direction, host_buffer_offset: 
     if dest <= 0 or src <= 0:
         raise ValueError(f"lmcache_memcpy_async: null address (dest {dest:#x}, src {src:#x})")
     npu = _npu_ready()
+    host_dest = int(direction) == _D2H
+    if npu is None or host_dest:
+        _known_memory.require_mapped(dest, nbytes, "dest", write=True)
+    if npu is None or not host_dest:
+        _known_memory.require_mapped(src, nbytes, "src", write=False)
     if npu is None:
         _ctypes.memmove(dest, src, nbytes)
         return
     import torch
 
-    host_dest = int(direction) == _D2H
     d = tensor_from_ptr(dest, (nbytes,), torch.uint8, "cpu" if host_dest else npu)
     s = tensor_from_ptr(src, (nbytes,), torch.uint8, npu if host_dest else "cpu")
     d.copy_(s)
