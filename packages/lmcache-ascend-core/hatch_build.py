@@ -27,7 +27,7 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 NATIVE_LIB = "lmcache_ascend_cpu"
 ASCEND_LIB = "lmcache_ascend_npu"
-BINDINGS = ["transfer", "memory"]  # lmcache_ascend/_native/<name>.pyx
+BINDINGS = ["transfer", "memory", "codec"]  # lmcache_ascend/_native/<name>.pyx
 CXXFLAGS = ["-std=c++17", "-O3", "-fPIC", "-Wall", "-Wextra"]
 # torch wheels on PyPI are built with the new libstdc++ ABI since torch 2.7 (both x86_64 and aarch64).
 DEFAULT_CXX11_ABI = 1

@@ -53,11 +53,6 @@ SCENARIO_OPS = {
 }
 # Not native yet, each with why (the scenario still runs and must match the baseline).
 NOT_OURS = {
-    "encode_fast_new": "CacheGen codec not written natively yet",
-    "decode_fast_new": "CacheGen codec not written natively yet",
-    "decode_fast_prefsum": "CacheGen codec not written natively yet",
-    "calculate_cdf": "CacheGen codec not written natively yet",
-    "rotary_embedding_k_fused": "CacheBlend's rotary kernel not written natively yet",
     "get_gpu_pci_bus_id": "a CUDA-only query: no PCI bus id for the CPU or an NPU through this name",
 }
 

@@ -122,7 +122,8 @@ def test_ops_module_exposes_only_ops():
                "single_layer_kv_transfer", "single_layer_kv_transfer_sgl", "load_and_reshape_flash",
                "reshape_and_cache_back_flash", "batched_memcpy", "lmcache_memcpy_async", "tensor_from_ptr",
                "record_completion_on_stream", "drain_recorded_completions", "record_event_on_stream",
-               "drain_recorded_events"}
+               "drain_recorded_events", "calculate_cdf", "encode_fast_new", "decode_fast_new", "decode_fast_prefsum",
+               "rotary_embedding_k_fused", "rotary_embedding_k_fused_strided"}
     memory = {f"{verb}_{kind}_ptr" for verb in ("alloc", "free")
               for kind in ("pinned", "pinned_numa", "numa", "hugepage_pinned", "hugepage_pinned_numa", "shm_pinned")}
     # LMCache's own types, re-exported where LMCache is installed

@@ -397,6 +397,16 @@ free_hugepage_pinned_numa_ptr = _memory.free_hugepage_pinned_numa_ptr
 alloc_shm_pinned_ptr = _memory.alloc_shm_pinned_ptr
 free_shm_pinned_ptr = _memory.free_shm_pinned_ptr
 
+# CacheGen's codec and CacheBlend's K rotation (lmcache_ascend.codec says which path runs where).
+from lmcache_ascend.codec import (  # noqa: E402
+    calculate_cdf,
+    decode_fast_new,
+    decode_fast_prefsum,
+    encode_fast_new,
+    rotary_embedding_k_fused,
+    rotary_embedding_k_fused_strided,
+)
+
 
 def tensor_from_ptr(ptr: int, shape: tuple, dtype: _Any, device: _Any):
     """A tensor viewing `ptr` without copying (the caller keeps the memory alive): host memory on

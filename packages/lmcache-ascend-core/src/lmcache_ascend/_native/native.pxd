@@ -1,5 +1,5 @@
 # Declarations of native/include/lmcache_ascend/*.hpp, one block per header.
-from libc.stdint cimport int32_t, int64_t, uintptr_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uintptr_t
 from libcpp.pair cimport pair
 from libcpp.string cimport string
 from libcpp.vector cimport vector
@@ -145,3 +145,64 @@ cdef extern from "lmcache_ascend/ascend_registrar.hpp" namespace "lmcache_ascend
     Status enable_ascend_registration(const AscendRuntimePaths& paths)
     Status disable_ascend_registration()
     string ascend_registration_description()
+
+
+cdef extern from "lmcache_ascend/cachegen_codec.hpp" namespace "lmcache_ascend" nogil:
+    cdef cppclass SymbolTensor:
+        uint8_t* data
+        int64_t extent
+        int64_t layer_stride
+        int64_t token_stride
+        int64_t channel_stride
+
+    cdef cppclass CodecShape:
+        int64_t num_layers
+        int64_t num_tokens
+        int64_t num_channels
+        int64_t cdf_len
+
+    cdef enum class IntKind(int):
+        kInt8
+        kUint8
+        kInt16
+        kInt32
+        kInt64
+
+    cdef cppclass IntTensor:
+        const void* data
+        IntKind kind
+        int64_t extent
+        int64_t layer_stride
+        int64_t token_stride
+        int64_t channel_stride
+
+    cdef enum class FloatKind(int):
+        kFloat16
+        kBFloat16
+        kFloat32
+
+    cdef cppclass RotaryRequest:
+        void* key
+        FloatKind key_kind
+        int64_t key_extent
+        int64_t num_tokens, num_heads, key_last_dim
+        int64_t token_stride, head_stride, elem_stride
+        const void* cos_sin_cache
+        FloatKind cache_kind
+        int64_t max_position, rot_dim
+        const int64_t* old_positions
+        const int64_t* new_positions
+        bint is_neox
+
+    Status calculate_cdf(const IntTensor& input, int64_t num_layers, int64_t num_tokens, int64_t num_channels,
+                         int64_t num_bins, int16_t* out, int64_t out_len)
+    Status cachegen_encode(const uint16_t* cdf, int64_t cdf_entries, const SymbolTensor& symbols,
+                           const CodecShape& shape, uint8_t* out_buffer, int64_t buffer_size, int64_t out_buffer_len,
+                           int32_t* out_lengths, int64_t out_lengths_len)
+    Status cachegen_decode_rows(const uint16_t* cdf, int64_t cdf_entries, const uint8_t* streams, int64_t row_size,
+                                int64_t streams_len, const int64_t* ends, const CodecShape& shape,
+                                const SymbolTensor& symbols)
+    Status cachegen_decode_packed(const uint16_t* cdf, int64_t cdf_entries, const uint8_t* streams,
+                                  int64_t streams_len, const int64_t* ends, const CodecShape& shape,
+                                  const SymbolTensor& symbols)
+    Status rotary_embedding_k_fused(const RotaryRequest& request)
