@@ -18,7 +18,6 @@ if _TYPE_CHECKING:  # the block op's annotation names torch.Tensor (LMCache's wo
     import torch
 
 from lmcache_ascend import completions as _completions
-from lmcache_ascend import known_memory as _known_memory
 from lmcache_ascend import memory as _memory
 from lmcache_ascend import transfer as _transfer
 from lmcache_ascend._tensors import address_view as _address_view
@@ -139,11 +138,11 @@ def _plane_groups(key_value_ptrs: _Any, fmt, num_layers: int, page_buffer_size: 
     return paged
 
 
-def _require_one_slot_per_token(slot_mapping, num_tokens: int) -> None:
-    """A slot mapping longer or shorter than the chunk is a caller's bug: moving a prefix of it would
-    drop or misplace tokens silently."""
+def _require_no_extra_slots(slot_mapping, num_tokens: int) -> None:
+    """More slots than the chunk has tokens is a caller's bug: moving only a prefix of them would drop
+    tokens silently (fewer slots than tokens is refused by the transfer's own range check)."""
     n = _transfer.slot_view(slot_mapping).shape[0]
-    if n != num_tokens:
+    if n > num_tokens:
         raise ValueError(f"slot_mapping: has {n} slots but key_value holds {num_tokens} tokens; pass exactly one "
                          "slot per token of the chunk (slot_mapping[start:end] for tokens [start, end))")
 
@@ -169,7 +168,7 @@ def multi_layer_kv_transfer(
     kind = _kernel_direction(direction)
     chunk = _describe_chunk(key_value, "KV_2LTD" if fmt.planes == 2 else "KV_MLA_FMT", "key_value",
                             writable=kind == _transfer.GATHER)
-    _require_one_slot_per_token(slot_mapping, chunk.num_tokens)
+    _require_no_extra_slots(slot_mapping, chunk.num_tokens)
     if fmt.plane_groups:
         groups = _plane_groups(key_value_ptrs, fmt, chunk.num_layers, page_buffer_size)
         if groups.device != _device_type(paged_memory_device):
@@ -439,8 +438,6 @@ def batched_memcpy(src_ptrs, dst_ptrs, sizes) -> None:
     for i, (s, d, size) in enumerate(zip(src, dst, n)):
         if size < 0 or (size and (s <= 0 or d <= 0)):
             raise ValueError(f"batched_memcpy: copy {i} has size {size}, source {s:#x}, destination {d:#x}")
-        _known_memory.require_mapped(s, size, f"src_ptrs[{i}]", write=False)
-        _known_memory.require_mapped(d, size, f"dst_ptrs[{i}]", write=True)
     for s, d, size in zip(src, dst, n):
         if size:
             _ctypes.memmove(d, s, size)
@@ -481,10 +478,6 @@ def lmcache_memcpy_async(dest, src, nbytes: int, direction, host_buffer_offset: 
         raise ValueError(f"lmcache_memcpy_async: null address (dest {dest:#x}, src {src:#x})")
     npu = _npu_ready()
     host_dest = int(direction) == _D2H
-    if npu is None or host_dest:
-        _known_memory.require_mapped(dest, nbytes, "dest", write=True)
-    if npu is None or not host_dest:
-        _known_memory.require_mapped(src, nbytes, "src", write=False)
     if npu is None:
         _ctypes.memmove(dest, src, nbytes)
         return
