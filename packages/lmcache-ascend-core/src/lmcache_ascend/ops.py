@@ -397,7 +397,7 @@ alloc_shm_pinned_ptr = _memory.alloc_shm_pinned_ptr
 free_shm_pinned_ptr = _memory.free_shm_pinned_ptr
 
 # CacheGen's codec and CacheBlend's K rotation (lmcache_ascend.codec says which path runs where).
-from lmcache_ascend.codec import (  # noqa: E402
+from lmcache_ascend.codec import (  # noqa: E402, F401 (re-exported: LMCache binds them by name)
     calculate_cdf,
     decode_fast_new,
     decode_fast_prefsum,
