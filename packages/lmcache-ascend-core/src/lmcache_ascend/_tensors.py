@@ -69,13 +69,18 @@ def address_view(address: int, shape: tuple[int, ...], itemsize: int, dtype: str
                       dtype=dtype, device=device, end_address=address + step * itemsize, owner=None)
 
 
+def dtype_name(dtype: Any) -> str:
+    """A torch dtype's name as TensorView spells it ("bfloat16", "int64", ...)."""
+    return str(dtype).removeprefix("torch.")
+
+
 def _is_torch_tensor(obj: Any) -> bool:
     return all(hasattr(obj, a) for a in ("data_ptr", "stride", "element_size", "untyped_storage"))
 
 
 def _from_torch(t: Any) -> TensorView:
     storage = t.untyped_storage()
-    dtype = str(t.dtype).removeprefix("torch.")
+    dtype = dtype_name(t.dtype)
     return TensorView(
         address=t.data_ptr(), shape=tuple(t.shape), strides=tuple(t.stride()), itemsize=t.element_size(),
         dtype=dtype, device=t.device.type, end_address=storage.data_ptr() + storage.nbytes(), owner=t,

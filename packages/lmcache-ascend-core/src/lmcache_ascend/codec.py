@@ -18,17 +18,17 @@ from __future__ import annotations
 from typing import Any
 
 from lmcache_ascend._native import codec as _native
-from lmcache_ascend._tensors import as_view
+from lmcache_ascend._tensors import as_view, dtype_name
 
 _CDF_DTYPES = ("int16", "uint16")  # LMCache's CDFs are int16 holding unsigned 16-bit fractions
 _SYMBOL_DTYPES = ("uint8", "int8")
 
 
 def _dtype(t) -> str:
-    return str(t.dtype).removeprefix("torch.")
+    return dtype_name(t.dtype)
 
 
-def _device_of(t) -> str:
+def _device_of(t) -> str:  # one place that reads the device (the NPU stand-in tests replace it)
     return t.device.type
 
 

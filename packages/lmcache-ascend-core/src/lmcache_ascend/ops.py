@@ -22,6 +22,7 @@ from lmcache_ascend import memory as _memory
 from lmcache_ascend import transfer as _transfer
 from lmcache_ascend._tensors import address_view as _address_view
 from lmcache_ascend._tensors import as_view as _as_view
+from lmcache_ascend._tensors import dtype_name as _dtype_name
 from lmcache_ascend.engine_formats import FORMAT_VALUES as _FORMAT_VALUES
 from lmcache_ascend.engine_formats import PagedGeometry as _PagedGeometry
 from lmcache_ascend.engine_formats import engine_format as _engine_format
@@ -188,10 +189,6 @@ def multi_layer_kv_transfer(
     _transfer.transfer_kv(paged, [(chunk, 0, chunk.num_tokens)], slot_mapping, kind, skip_prefix_n_tokens)
 
 
-def _dtype_name(dtype: _Any) -> str | None:
-    return None if dtype is None else str(dtype).removeprefix("torch.")
-
-
 def _block_slots(block_ids: _Any, block_size: int, num_blocks: int):
     """Slot mapping of whole blocks: block_ids[j] * block_size + t for t < block_size (int64, host)."""
     try:
@@ -247,7 +244,8 @@ def multi_layer_block_kv_transfer(
     objects = list(lmcache_objects_ptrs)
     object_views = [None if isinstance(o, int) else _as_view(o, f"lmcache_objects_ptrs[{i}]")
                     for i, o in enumerate(objects)]
-    dtype = (_dtype_name(getattr(shape_desc, "dtype", None))
+    desc_dtype = getattr(shape_desc, "dtype", None)
+    dtype = ((None if desc_dtype is None else _dtype_name(desc_dtype))
              or next((v.dtype for v in object_views if v is not None), None))
     itemsize = int(shape_desc.element_size) or next((v.itemsize for v in object_views if v is not None), 0)
     geometry = _PagedGeometry(num_layers=int(shape_desc.nl), num_blocks=int(shape_desc.nb), block_size=bs,

@@ -16,9 +16,11 @@ from lmcache_ascend._native.native cimport (
 
 include "status.pxi"
 
-# calculate_cdf input kinds and rotary float kinds, by torch dtype name.
-INT_KINDS = {"int8": 0, "uint8": 1, "int16": 2, "int32": 3, "int64": 4}
-FLOAT_KINDS = {"float16": 0, "bfloat16": 1, "float32": 2}
+# calculate_cdf input kinds and rotary float kinds (the header's enums), by torch dtype name.
+INT_KINDS = {"int8": <int>IntKind.kInt8, "uint8": <int>IntKind.kUint8, "int16": <int>IntKind.kInt16,
+             "int32": <int>IntKind.kInt32, "int64": <int>IntKind.kInt64}
+FLOAT_KINDS = {"float16": <int>FloatKind.kFloat16, "bfloat16": <int>FloatKind.kBFloat16,
+               "float32": <int>FloatKind.kFloat32}
 
 
 cdef SymbolTensor _symbols(uintptr_t address, int64_t extent, strides):
