@@ -31,6 +31,15 @@ def redis_url():
         yield url, proc
 
 
+def assert_same_greedy(*answers) -> None:
+    """Each answer is the first one's computation, up to bf16 rounding (serving.greedy_difference)."""
+    from lmcache_ascend.integration.vllm.serving import greedy_difference
+
+    for i, other in enumerate(answers[1:], 1):
+        difference = greedy_difference(answers[0], other)
+        assert difference is None, f"answer {i} vs answer 0: {difference}"
+
+
 class EngineRun:
     def __init__(self, proc: subprocess.CompletedProcess):
         self.returncode, self.output = proc.returncode, proc.stdout + proc.stderr

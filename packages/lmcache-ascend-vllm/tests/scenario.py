@@ -5,6 +5,7 @@ Scenario keys: model, lmcache (LMCache settings, or null for no connector), mp (
 multiprocess mode instead: {"port": ..., "transfer_mode": ...}), prompts (list of [num_tokens,
 seed], or "pause": print PAUSED and wait for a line on stdin, so a test can act mid-run), max_tokens.
 """
+import dataclasses
 import json
 import sys
 
@@ -22,7 +23,7 @@ def main() -> int:
             continue
         tokens, seed = entry
         a = serving.ask(llm, demo_model.prompt(tokens, seed=seed), max_tokens=spec.get("max_tokens", 16))
-        answers.append({"ttft_s": a.ttft_s, "token_ids": a.token_ids, "cached_tokens": a.cached_tokens})
+        answers.append(dataclasses.asdict(a))
     print("RESULT " + json.dumps(answers), flush=True)
     return 0
 

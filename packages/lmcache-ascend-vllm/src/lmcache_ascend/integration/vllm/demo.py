@@ -50,13 +50,13 @@ def main() -> int:
     step("sending the same prompt again (warm: its KV cache is loaded from LMCache) ...")
     warm = serving.ask(llm, prompt)
 
-    same = cold.token_ids == warm.token_ids
+    same = serving.greedy_difference(cold, warm) is None
     print()
     print(f"  prompt tokens                 {args.tokens}")
     print(f"  time to first token, cold     {cold.ttft_s * 1000:8.1f} ms")
     print(f"  time to first token, warm     {warm.ttft_s * 1000:8.1f} ms   ({warm.ttft_s / cold.ttft_s:.2f}x cold)")
     print(f"  tokens served from cache      {warm.cached_tokens} (cold: {cold.cached_tokens})")
-    print(f"  outputs identical             {'yes' if same else 'NO'}")
+    print(f"  same greedy output            {'yes' if same else 'NO'} (up to a bf16 rounding tie)")
     print()
     ok = same and warm.cached_tokens > 0
     step("done" if ok else "FAILED: the warm request was not served from the cache with the same output")

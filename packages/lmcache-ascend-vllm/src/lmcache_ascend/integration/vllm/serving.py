@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional, Union
 
 CONNECTOR = "LMCacheAscendConnectorV1Dynamic"
 MODULE = "lmcache_ascend.integration.vllm.lmcache_ascend_connector_v1"
@@ -22,6 +22,40 @@ class Answer:
     ttft_s: float          # vLLM's own first-token latency (arrival to first token)
     token_ids: list[int]   # greedy output
     cached_tokens: int     # prompt tokens not computed (served from LMCache)
+    top_logprobs: list[list[tuple[int, float]]]  # per output token, the two likeliest [(token, logprob), ...]
+
+
+# bf16 logits round to steps of 1/16-1/8 at the magnitudes the demo model gives, so a recomputed and
+# a loaded prefill, or vLLM with and without a KV connector, can differ by a step or two and flip
+# an exact or near tie (measured: a tie at -1.057/-1.057 in a cold run, 0.125 apart warm).
+TIE_NATS = 0.25
+
+
+def greedy_difference(a: Union[Answer, Mapping[str, Any]], b: Union[Answer, Mapping[str, Any]],
+                      tie_nats: float = TIE_NATS) -> Optional[str]:
+    """None when two greedy outputs are the same computation up to rounding: token by token equal
+    with logprobs within tie_nats, until a step where both runs had their top two within tie_nats
+    and each picked one of them (from there on their contexts differ, so nothing more is compared).
+    Otherwise, what differs. Corrupted KV moves the distribution at every step, so it fails this."""
+    def field(x: Any, name: str) -> Any:
+        return x[name] if isinstance(x, Mapping) else getattr(x, name)
+
+    tokens_a, tokens_b = field(a, "token_ids"), field(b, "token_ids")
+    if len(tokens_a) != len(tokens_b):
+        return f"{len(tokens_a)} tokens vs {len(tokens_b)}"
+    for step, (ta, tb, tops_a, tops_b) in enumerate(zip(tokens_a, tokens_b, field(a, "top_logprobs"),
+                                                         field(b, "top_logprobs"))):
+        lp_a, lp_b = dict(map(tuple, tops_a)), dict(map(tuple, tops_b))
+        if ta == tb:
+            if abs(lp_a[ta] - lp_b[tb]) > tie_nats:
+                return f"step {step}: token {ta} has logprob {lp_a[ta]:.3f} vs {lp_b[tb]:.3f}"
+            continue
+        near_tie_a = tb in lp_a and lp_a[ta] - lp_a[tb] <= tie_nats
+        near_tie_b = ta in lp_b and lp_b[tb] - lp_b[ta] <= tie_nats
+        if near_tie_a and near_tie_b:
+            return None
+        return f"step {step}: token {ta} vs {tb} (top two {tops_a} vs {tops_b})"
+    return None
 
 
 def kv_transfer_config(lmcache: dict[str, Any]) -> Any:
@@ -64,9 +98,12 @@ def start_llm(model: str, lmcache: Optional[dict[str, Any]], *, kv_cache_gib: in
 def ask(llm: Any, prompt: str, max_tokens: int = 16) -> Answer:
     from vllm import SamplingParams
 
-    out = llm.generate([prompt], SamplingParams(max_tokens=max_tokens, temperature=0.0), use_tqdm=False)[0]
+    out = llm.generate([prompt], SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=2),
+                       use_tqdm=False)[0]
+    top = [sorted(((t, lp.logprob) for t, lp in step.items()), key=lambda tl: -tl[1])[:2]
+           for step in out.outputs[0].logprobs]
     return Answer(ttft_s=out.metrics.first_token_latency, token_ids=list(out.outputs[0].token_ids),
-                  cached_tokens=out.num_cached_tokens or 0)
+                  cached_tokens=out.num_cached_tokens or 0, top_logprobs=top)
 
 
 def free_port() -> int:
