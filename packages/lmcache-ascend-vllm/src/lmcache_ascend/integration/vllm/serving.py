@@ -34,11 +34,16 @@ TIE_NATS = 0.25
 def greedy_difference(a: Union[Answer, Mapping[str, Any]], b: Union[Answer, Mapping[str, Any]],
                       tie_nats: float = TIE_NATS) -> Optional[str]:
     """None when two greedy outputs are the same computation up to rounding: token by token equal
-    with logprobs within tie_nats, until a step where both runs had their top two within tie_nats
-    and each picked one of them (from there on their contexts differ, so nothing more is compared).
-    Otherwise, what differs. Corrupted KV moves the distribution at every step, so it fails this."""
+    with logprobs within tie_nats, until a step where they part at a near tie, i.e. in one run the
+    other's token was within tie_nats of the top and the other run gives it that logprob too (from
+    there on their contexts differ, so nothing more is compared). Otherwise, what differs. Corrupted
+    KV moves the distribution at every step, so it fails this."""
     def field(x: Any, name: str) -> Any:
         return x[name] if isinstance(x, Mapping) else getattr(x, name)
+
+    def parts_at_tie(t_here: int, lp_here: dict, t_there: int, lp_there: dict) -> bool:
+        return (t_there in lp_here and lp_here[t_here] - lp_here[t_there] <= tie_nats
+                and abs(lp_there[t_there] - lp_here[t_there]) <= tie_nats)
 
     tokens_a, tokens_b = field(a, "token_ids"), field(b, "token_ids")
     if len(tokens_a) != len(tokens_b):
@@ -50,9 +55,7 @@ def greedy_difference(a: Union[Answer, Mapping[str, Any]], b: Union[Answer, Mapp
             if abs(lp_a[ta] - lp_b[tb]) > tie_nats:
                 return f"step {step}: token {ta} has logprob {lp_a[ta]:.3f} vs {lp_b[tb]:.3f}"
             continue
-        near_tie_a = tb in lp_a and lp_a[ta] - lp_a[tb] <= tie_nats
-        near_tie_b = ta in lp_b and lp_b[tb] - lp_b[ta] <= tie_nats
-        if near_tie_a and near_tie_b:
+        if parts_at_tie(ta, lp_a, tb, lp_b) or parts_at_tie(tb, lp_b, ta, lp_a):
             return None
         return f"step {step}: token {ta} vs {tb} (top two {tops_a} vs {tops_b})"
     return None
