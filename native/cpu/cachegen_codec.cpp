@@ -69,37 +69,68 @@ Status check_shape(const CodecShape& s, int64_t cdf_entries) {
 // ---------------------------------------------------------------------------------------------
 // Encoder
 
+// Leading zeros of a 32-bit value (32 for 0).
+int clz32(uint64_t x) { return x == 0 ? 32 : __builtin_clzll(x) - 32; }
+
+// Bits out most significant first, in whole bytes.
 class BitWriter {
  public:
   BitWriter(uint8_t* out, int64_t capacity) : out_(out), capacity_(capacity) {}
-  void put(uint32_t bit) {
-    acc_ = static_cast<uint8_t>((acc_ << 1) | bit);
-    if (++bits_ == 8) flush_byte();
+  // Appends the low `count` (0..32) bits of `bits`.
+  void put(uint64_t bits, int count) {
+    acc_ = (acc_ << count) | (bits & ((1ull << count) - 1));
+    bits_ += count;
+    while (bits_ >= 8) {
+      bits_ -= 8;
+      store(static_cast<uint8_t>(acc_ >> bits_));
+    }
+    acc_ &= (1ull << bits_) - 1;
   }
-  void put_repeated(uint32_t bit, uint64_t count) {
-    for (uint64_t i = 0; i < count; ++i) put(bit);
+  void put_run(uint32_t bit, uint64_t count) {
+    const uint64_t ones = bit ? kMask32 : 0;
+    for (; count > 32; count -= 32) put(ones, 32);
+    put(ones, static_cast<int>(count));
   }
   // Pads the last partial byte with zeros; returns the bytes stored.
   int64_t finish() {
-    if (bits_ > 0) {
-      acc_ = static_cast<uint8_t>(acc_ << (8 - bits_));
-      flush_byte();
-    }
+    if (bits_ > 0) store(static_cast<uint8_t>(acc_ << (8 - bits_)));
     return written_;
   }
 
  private:
-  void flush_byte() {
-    if (written_ < capacity_) out_[written_++] = acc_;  // a full row drops the rest, as LMCache's does
-    acc_ = 0;
-    bits_ = 0;
+  void store(uint8_t byte) {
+    if (written_ < capacity_) out_[written_++] = byte;  // a full row drops the rest, as LMCache's does
   }
   uint8_t* out_;
   int64_t capacity_;
   int64_t written_ = 0;
-  uint8_t acc_ = 0;
+  uint64_t acc_ = 0;  // the last bits_ (< 8 between calls) bits not yet stored
   int bits_ = 0;
 };
+
+// The coder's renormalisation, all steps of one symbol at once (the bit-by-bit loop's branches
+// are unpredictable and dominated the time). Settled steps: the n leading bits low and high share
+// are output and shifted out. Then straddle steps: while low is 01... and high 10... below their
+// differing top bits, both widen around the middle; k such steps = the leading ones of
+// (low & ~high) from bit 30. These are the only two phases: after a straddle step the top bits
+// are 0 and 1, so no settled step can follow.
+struct Renorm {
+  int settled;   // n
+  int straddle;  // k
+};
+inline Renorm renorm_steps(uint64_t low, uint64_t high) {
+  const int n = clz32(low ^ high);
+  const uint64_t l = (low << n) & kMask32, h = ((high << n) | ((1ull << n) - 1)) & kMask32;
+  return {n, clz32(~((l & ~h) << 1) & kMask32)};
+}
+inline void apply_steps(const Renorm& r, uint64_t& low, uint64_t& high) {
+  low = (low << r.settled) & kMask32;
+  high = ((high << r.settled) | ((1ull << r.settled) - 1)) & kMask32;
+  if (r.straddle) {
+    low = (low << r.straddle) & (kMask32 >> 1);
+    high = ((high << r.straddle) | ((1ull << r.straddle) - 1) | kTop) & kMask32;
+  }
+}
 
 // One (layer, channel): symbols sym(t) for t < num_tokens, its CDF row; returns bytes written.
 template <typename SymbolAt>
@@ -116,27 +147,22 @@ int64_t encode_stream(const uint16_t* cdf, int64_t cdf_len, int64_t num_tokens, 
     if (range == 0) range = kMask32 + 1;
     high = (low + ((range * hi_frac) >> 16) - 1) & kMask32;
     low = (low + ((range * lo_frac) >> 16)) & kMask32;
-    for (;;) {
-      if ((high & kTop) == (low & kTop)) {
-        const uint32_t bit = static_cast<uint32_t>(high >> 31) & 1u;
-        writer.put(bit);
-        writer.put_repeated(bit ^ 1u, pending);
-        pending = 0;
-        low = (low << 1) & kMask32;
-        high = ((high << 1) | 1) & kMask32;
-      } else if ((low & kSecond) && !(high & kSecond)) {
-        ++pending;
-        low = (low << 1) & (kMask32 >> 1);
-        high = ((high << 1) | (kTop | 1)) & kMask32;
-      } else {
-        break;
-      }
+    const Renorm r = renorm_steps(low, high);
+    if (r.settled) {
+      // The first settled bit, the pending ones inverted after it, then the other settled bits.
+      const uint32_t bit = static_cast<uint32_t>(high >> 31) & 1u;
+      writer.put(bit, 1);
+      writer.put_run(bit ^ 1u, pending);
+      writer.put(high >> (32 - r.settled), r.settled - 1);
+      pending = 0;
     }
+    pending += static_cast<uint64_t>(r.straddle);
+    apply_steps(r, low, high);
   }
   // Settle the final interval: one more bit (plus the pending ones) identifies it.
   const uint32_t bit = (low & kSecond) ? 1u : 0u;
-  writer.put(bit);
-  writer.put_repeated(bit ^ 1u, pending + 1);
+  writer.put(bit, 1);
+  writer.put_run(bit ^ 1u, pending + 1);
   return writer.finish();
 }
 
@@ -154,40 +180,99 @@ struct StreamBytes {
   }
 };
 
+// The bits of a stream from byte `start` on, most significant first (past the end: zeros).
+class BitReader {
+ public:
+  BitReader(const StreamBytes& in, int64_t start) : in_(in), next_(start) {}
+  // The next `count` (0..32) bits.
+  uint64_t get(int count) {
+    if (avail_ < count) refill();
+    const uint64_t bits = count ? buf_ >> (64 - count) : 0;
+    buf_ = count ? buf_ << count : buf_;
+    avail_ -= count;
+    return bits;
+  }
+
+ private:
+  void refill() {
+    for (; avail_ <= 56; avail_ += 8) buf_ |= static_cast<uint64_t>(in_.at(next_++)) << (56 - avail_);
+  }
+  const StreamBytes& in_;
+  int64_t next_;
+  uint64_t buf_ = 0;  // avail_ bits, from the top
+  int avail_ = 0;
+};
+
+// Whether cdf[0..last_symbol] rises strictly (calculate_cdf's always do). Then the symbol of a
+// target is the number of cdf[1..last_symbol] <= target, which a search without data-dependent
+// branches finds; LMCache's search (stopping early on an exact hit) gives the same symbol there.
+bool strictly_rising(const uint16_t* cdf, int64_t last_symbol) {
+  for (int64_t i = 0; i < last_symbol; ++i) {
+    if (cdf[i] >= cdf[i + 1]) return false;
+  }
+  return true;
+}
+
+inline int64_t count_at_most(const uint16_t* sorted, int64_t n, uint64_t target) {
+  if (n == 0) return 0;
+  const uint16_t* base = sorted;
+  while (n > 1) {
+    const int64_t half = n / 2;
+    base = base[half - 1] <= target ? base + half : base;
+    n -= half;
+  }
+  return (base - sorted) + (base[0] <= target);
+}
+
+// LMCache's search over any CDF row.
+inline int64_t search_any(const uint16_t* cdf, int64_t last_symbol, uint64_t target) {
+  int64_t left = 0, right = last_symbol + 1;
+  while (left + 1 < right) {
+    const int64_t mid = (left + right) / 2;
+    const uint64_t c = cdf[mid];
+    if (c < target) {
+      left = mid;
+    } else if (c > target) {
+      right = mid;
+    } else {
+      left = mid;
+      break;
+    }
+  }
+  return left;
+}
+
 // first_word: the coder's initial 32-bit value (LMCache's rule differs between the two layouts).
 template <typename Store>
 void decode_stream(const uint16_t* cdf, int64_t cdf_len, int64_t num_tokens, const StreamBytes& in,
                    uint64_t first_word, Store store) {
   const int64_t last_symbol = cdf_len - 2;
+  const bool rising = strictly_rising(cdf, last_symbol);
+  BitReader bits(in, in.begin + 4);
   uint64_t low = 0, high = kMask32, value = first_word;
-  int64_t offset = in.begin + 4;
-  uint32_t byte = in.at(offset);
-  int bit_pos = 1;  // 1..8, next bit of `byte` from the top
   for (int64_t t = 0; t < num_tokens; ++t) {
     uint64_t range = (high - low + 1) & kMask32;
     if (range == 0) range = kMask32 + 1;
     const uint64_t target = (((((value - low) & kMask32) + 1) * kScale - 1) / range) & 0xFFFF;
-    // The symbol whose CDF slice holds target (an exact hit stops the search early).
-    int64_t left = 0, right = last_symbol + 1;
-    while (left + 1 < right) {
-      const int64_t mid = (left + right) / 2;
-      const uint64_t c = cdf[mid];
-      if (c < target) {
-        left = mid;
-      } else if (c > target) {
-        right = mid;
-      } else {
-        left = mid;
-        break;
-      }
-    }
-    store(t, static_cast<uint8_t>(left));
+    const int64_t s = rising ? count_at_most(cdf + 1, last_symbol, target) : search_any(cdf, last_symbol, target);
+    store(t, static_cast<uint8_t>(s));
     if (t == num_tokens - 1) break;
-    const uint64_t lo_frac = cdf[left];
-    const uint64_t hi_frac = left == last_symbol ? kScale : cdf[left + 1];
+    const uint64_t lo_frac = cdf[s];
+    const uint64_t hi_frac = s == last_symbol ? kScale : cdf[s + 1];
     high = (low + ((range * hi_frac) >> 16) - 1) & kMask32;
     low = (low + ((range * lo_frac) >> 16)) & kMask32;
-    for (;;) {
+    if (low <= high) {
+      // The encoder's steps (renorm_steps), each shifting in one bit. A straddle step maps value
+      // to value - 2^30 before its shift, which below bit 31 is flipping bit 30: k straddle steps
+      // flip the k bits from bit 30 down.
+      const Renorm r = renorm_steps(low, high);
+      value = ((value << r.settled) | bits.get(r.settled)) & kMask32;
+      const uint64_t flips = ((1ull << r.straddle) - 1) << (31 - r.straddle);
+      value = (((value ^ flips) << r.straddle) | bits.get(r.straddle)) & kMask32;
+      apply_steps(r, low, high);
+      continue;
+    }
+    for (;;) {  // an inverted interval (a CDF that does not rise): LMCache's steps one by one
       if (low >= kTop || high < kTop) {
         low = (low << 1) & kMask32;
         high = ((high << 1) | 1) & kMask32;
@@ -198,11 +283,7 @@ void decode_stream(const uint16_t* cdf, int64_t cdf_len, int64_t num_tokens, con
       } else {
         break;
       }
-      value = ((value << 1) | ((byte >> (8 - bit_pos)) & 1u)) & kMask32;
-      if (++bit_pos == 9) {
-        bit_pos = 1;
-        byte = in.at(++offset);
-      }
+      value = ((value << 1) | bits.get(1)) & kMask32;
     }
   }
 }
