@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <new>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -77,7 +76,7 @@ inline int clz32(uint64_t x) { return __builtin_clzll((x << 1) | 1) - 31; }
 // Bits out most significant first, in whole bytes.
 class BitWriter {
  public:
-  void reset(uint8_t* out, int64_t capacity) { *this = BitWriter(); out_ = out, capacity_ = capacity; }
+  BitWriter(uint8_t* out, int64_t capacity) : out_(out), capacity_(capacity) {}
   // Appends the low `count` (0..32) bits of `bits`. The whole bytes go out at once: 8 bytes are
   // stored where the row has room for them (the later ones are overwritten by the next store).
   void put(uint64_t bits, int count) {
@@ -109,8 +108,8 @@ class BitWriter {
   void store(uint8_t byte) {
     if (written_ < capacity_) out_[written_++] = byte;  // a full row drops the rest, as LMCache's does
   }
-  uint8_t* out_ = nullptr;
-  int64_t capacity_ = 0;
+  uint8_t* out_;
+  int64_t capacity_;
   int64_t written_ = 0;
   uint64_t acc_ = 0;  // the last bits_ (< 8 between calls) bits not yet stored
   int bits_ = 0;
@@ -142,12 +141,8 @@ inline void apply_steps(const Renorm& r, uint64_t& low, uint64_t& high) {
 // The encoder of one (layer, channel) stream.
 class StreamEncoder {
  public:
-  void reset(const uint16_t* cdf, int64_t cdf_len, uint8_t* out, int64_t capacity) {
-    cdf_ = cdf;
-    last_symbol_ = cdf_len - 2;
-    low_ = 0, high_ = kMask32, pending_ = 0;
-    writer_.reset(out, capacity);
-  }
+  StreamEncoder(const uint16_t* cdf, int64_t cdf_len, uint8_t* out, int64_t capacity)
+      : cdf_(cdf), last_symbol_(cdf_len - 2), writer_(out, capacity) {}
   void put(int64_t s) {
     const uint64_t lo_frac = cdf_[s];
     const uint64_t hi_frac = s == last_symbol_ ? kScale : cdf_[s + 1];
@@ -184,15 +179,11 @@ class StreamEncoder {
   }
 
  private:
-  const uint16_t* cdf_ = nullptr;
-  int64_t last_symbol_ = 0;
+  const uint16_t* cdf_;
+  int64_t last_symbol_;
   uint64_t low_ = 0, high_ = kMask32, pending_ = 0;
   BitWriter writer_;
 };
-
-// Streams coded side by side: each symbol's steps depend on the previous one's, so one stream
-// leaves the core mostly waiting; G independent ones overlap.
-constexpr int64_t kInterleave = 4;
 
 // ---------------------------------------------------------------------------------------------
 // Decoder
@@ -318,7 +309,7 @@ class StreamDecoder {
     if (table_ok_) table_.fill(cdf + 1, last_symbol_);
   }
   // The next symbol; `more`: whether another follows (the coder then moves past this one).
-  __attribute__((always_inline)) uint8_t next(bool more) {
+  uint8_t next(bool more) {
     const uint64_t range = ((high_ - low_) & kMask32) + 1;  // 2^32 for the full interval
     const uint64_t target = divide((((value_ - low_) & kMask32) + 1) * kScale - 1, range) & 0xFFFF;
     const int64_t s = table_ok_ ? table_.count_at_most(target)
@@ -380,42 +371,17 @@ Status check_symbols_out(const SymbolTensor& symbols, const CodecShape& shape) {
                        symbols.channel_stride);
 }
 
-// Streams k0 .. k0 + G - 1 (channels of one layer), side by side.
-template <int64_t G, typename StreamOf>
-void decode_group(const uint16_t* cdf, const CodecShape& shape, const SymbolTensor& symbols, int64_t k0,
-                  StreamOf& stream_of) {
-  StreamBytes in[G];
-  uint64_t first[G];
-  for (int64_t g = 0; g < G; ++g) in[g] = stream_of(k0 + g, &first[g]);
-  // Constructed in place: a decoder refers to its StreamBytes.
-  alignas(StreamDecoder) unsigned char storage[G][sizeof(StreamDecoder)];
-  StreamDecoder* dec[G];
-  for (int64_t g = 0; g < G; ++g) {
-    dec[g] = new (storage[g]) StreamDecoder(cdf + (k0 + g) * shape.cdf_len, shape.cdf_len, in[g], first[g]);
-  }
-  const int64_t l = k0 / shape.num_channels, c = k0 % shape.num_channels;
-  uint8_t* out = symbols.data + l * symbols.layer_stride + c * symbols.channel_stride;
-  for (int64_t t = 0; t < shape.num_tokens; ++t) {
-    const bool more = t + 1 < shape.num_tokens;
-    uint8_t* row = out + t * symbols.token_stride;
-    for (int64_t g = 0; g < G; ++g) row[g * symbols.channel_stride] = dec[g]->next(more);
-  }
-}
-
 template <typename StreamOf>
 void decode_all(const uint16_t* cdf, const CodecShape& shape, const SymbolTensor& symbols, StreamOf stream_of) {
   const int64_t streams = shape.num_layers * shape.num_channels;
   parallel_for(streams, kStreamsPerTask, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end;) {
-      // A group stays within one layer (its streams are neighbouring channels).
-      const int64_t left_in_layer = shape.num_channels - k % shape.num_channels;
-      if (end - k >= kInterleave && left_in_layer >= kInterleave) {
-        decode_group<kInterleave>(cdf, shape, symbols, k, stream_of);
-        k += kInterleave;
-      } else {
-        decode_group<1>(cdf, shape, symbols, k, stream_of);
-        k += 1;
-      }
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t l = k / shape.num_channels, c = k % shape.num_channels;
+      uint8_t* out = symbols.data + l * symbols.layer_stride + c * symbols.channel_stride;
+      uint64_t first_word = 0;
+      const StreamBytes in = stream_of(k, &first_word);
+      StreamDecoder dec(cdf + k * shape.cdf_len, shape.cdf_len, in, first_word);
+      for (int64_t t = 0; t < shape.num_tokens; ++t) out[t * symbols.token_stride] = dec.next(t + 1 < shape.num_tokens);
     }
   });
 }
@@ -588,27 +554,6 @@ void rotate_key(const RotaryRequest& r) {
   }
 }
 
-// Streams k0 .. k0 + G - 1 (channels of one layer), side by side.
-template <int64_t G>
-void encode_group(const uint16_t* cdf, const CodecShape& shape, const SymbolTensor& symbols, int64_t k0,
-                  uint8_t* out_buffer, int64_t buffer_size, int32_t* out_lengths) {
-  StreamEncoder enc[G];
-  for (int64_t g = 0; g < G; ++g) {
-    enc[g].reset(cdf + (k0 + g) * shape.cdf_len, shape.cdf_len, out_buffer + (k0 + g) * buffer_size, buffer_size);
-  }
-  const int64_t l = k0 / shape.num_channels, c = k0 % shape.num_channels;
-  const uint8_t* sym = symbols.data + l * symbols.layer_stride + c * symbols.channel_stride;
-  for (int64_t t = 0; t < shape.num_tokens; ++t) {
-    const uint8_t* row = sym + t * symbols.token_stride;
-    for (int64_t g = 0; g < G; ++g) enc[g].put(row[g * symbols.channel_stride]);
-  }
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t n = enc[g].finish();
-    std::memset(out_buffer + (k0 + g) * buffer_size + n, 0, static_cast<size_t>(buffer_size - n));
-    out_lengths[k0 + g] = static_cast<int32_t>(n);
-  }
-}
-
 }  // namespace
 
 Status calculate_cdf(const IntTensor& input, int64_t num_layers, int64_t num_tokens, int64_t num_channels,
@@ -680,15 +625,15 @@ Status cachegen_encode(const uint16_t* cdf, int64_t cdf_entries, const SymbolTen
     }
   }
   parallel_for(streams, kStreamsPerTask, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end;) {
-      const int64_t left_in_layer = channels - k % channels;
-      const int64_t g = end - k >= kInterleave && left_in_layer >= kInterleave ? kInterleave : 1;
-      if (g == kInterleave) {
-        encode_group<kInterleave>(cdf, shape, symbols, k, out_buffer, buffer_size, out_lengths);
-      } else {
-        encode_group<1>(cdf, shape, symbols, k, out_buffer, buffer_size, out_lengths);
-      }
-      k += g;
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t l = k / channels, c = k % channels;
+      const uint8_t* sym = symbols.data + l * symbols.layer_stride + c * symbols.channel_stride;
+      uint8_t* row = out_buffer + k * buffer_size;
+      StreamEncoder enc(cdf + k * shape.cdf_len, shape.cdf_len, row, buffer_size);
+      for (int64_t t = 0; t < tokens; ++t) enc.put(sym[t * symbols.token_stride]);
+      const int64_t n = enc.finish();
+      std::memset(row + n, 0, static_cast<size_t>(buffer_size - n));
+      out_lengths[k] = static_cast<int32_t>(n);
     }
   });
   return Status::Ok();
