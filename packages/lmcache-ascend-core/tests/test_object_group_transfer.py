@@ -373,3 +373,48 @@ def test_direct_copy_eligibility_covers_lmcaches_table():
     assert not ops.direct_copy_format_supported(fmt.NL_X_NP_X_NB_BS_ONE_HS)
     assert not ops.direct_copy_format_supported(99)
     assert ops.batch_memcpy_supported() is True
+
+
+# ---- on an NPU cache (stand-ins: host buffers the routing sees as NPU memory) -------------------
+
+def _record_devices(monkeypatch):
+    import lmcache_ascend.transfer as transfer
+
+    seen, real = [], transfer.backend_for
+    monkeypatch.setattr(transfer, "current_npu_stream", lambda *_: 0x1234)
+    monkeypatch.setattr(transfer, "backend_for", lambda kv, chunks, slots: seen.append((kv, tuple(chunks)))
+                        or real(kv, chunks, slots))
+    return seen
+
+
+def test_direct_copy_on_an_npu_cache_goes_to_the_npu_with_host_objects(monkeypatch):
+    seen = _record_devices(monkeypatch)
+    gen = torch.Generator().manual_seed(8)
+    kv, sd, region = _group("NL_X_TWO_NB_BS_NH_HS", torch.float16, gen)
+    host = torch.randint(0, 256, (region,), generator=gen, dtype=torch.uint8)
+    before = _snapshot(*tensors_of(kv))
+    spec = ops.DirectCopyGroupSpec([t.data_ptr() for t in tensors_of(kv)], sd, FORMAT_VALUES["NL_X_TWO_NB_BS_NH_HS"],
+                                   CHUNK, 0, list(range(4)))
+    with pytest.raises(RuntimeError, match="built without the Ascend backend"):
+        ops.execute_direct_copy_transfer(H2D, "npu:0", PIN, [spec], [ops.DirectCopyObject(host.data_ptr(), 0,
+                                                                                          region, 0, [0])])
+    assert ("npu", ("cpu",)) in seen
+    assert all(torch.equal(a, b) for a, b in zip(before, tensors_of(kv)))
+
+
+def test_plan_on_an_npu_cache_views_its_staging_buffers_on_the_npu(monkeypatch):
+    """Pointer arrays and block ids are read through tensor_from_ptr on the device (here: host
+    views), staging buffers are device memory; D2H launches come before any staging copy."""
+    seen = _record_devices(monkeypatch)
+    devices = []
+    real = ops.tensor_from_ptr
+    monkeypatch.setattr(ops, "tensor_from_ptr", lambda ptr, shape, dtype, device: devices.append(str(device))
+                        or real(ptr, shape, dtype, "cpu"))
+    gen = torch.Generator().manual_seed(9)
+    kv, sd, fmt, ptrs, ids, staging, spec, per_chunk, region = _plan("NL_X_TWO_NB_BS_NH_HS", torch.float16, gen)
+    host = [torch.zeros(region, dtype=torch.uint8) for _ in range(2)]
+    with pytest.raises(RuntimeError, match="built without the Ascend backend"):
+        ops.execute_object_group_transfer(D2H, "npu:0", PIN, [spec], _steps(host, staging, per_chunk, 2, D2H, 0))
+    assert devices and set(devices) == {"npu:0"}
+    assert ("npu", ("npu", "npu")) in seen
+    assert not any(h.any() for h in host) and not any(s.any() for s in staging)

@@ -718,6 +718,8 @@ def execute_object_group_transfer(direction, device, host_buffer_alignment: int,
         if kind == _transfer.SCATTER:
             for run in runners:
                 run()
+    for spec in specs:
+        _announce("execute_object_group_transfer", _engine_format(spec.engine_kv_format).name, kind)
 
 
 def batch_memcpy_supported() -> bool:
@@ -795,3 +797,6 @@ def execute_direct_copy_transfer(direction, device, host_buffer_alignment: int, 
                                     spec.slots_per_chunk, spec.engine_kv_format, skip))
     for run in runners:
         run()
+    for spec in specs:
+        _announce("execute_direct_copy_transfer", _engine_format(spec.engine_kv_format).name,
+                  _kernel_direction(direction))
