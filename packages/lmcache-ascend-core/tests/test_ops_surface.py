@@ -126,10 +126,14 @@ def test_ops_module_exposes_only_ops():
                "rotary_embedding_k_fused", "rotary_embedding_k_fused_strided"}
     memory = {f"{verb}_{kind}_ptr" for verb in ("alloc", "free")
               for kind in ("pinned", "pinned_numa", "numa", "hugepage_pinned", "hugepage_pinned_numa", "shm_pinned")}
+    # MP mode's object-group fast paths and their plan types
+    fast_paths = {"execute_object_group_transfer", "KernelGroupSpec", "LaunchVar", "BatchStep", "StagingCopy",
+                  "execute_direct_copy_transfer", "DirectCopyGroupSpec", "DirectCopyObject", "batch_memcpy_supported",
+                  "direct_copy_format_supported"}
     # LMCache's own types, re-exported where LMCache is installed
     lmcache_types = {"EngineKVFormat", "PageBufferShapeDesc", "TransferDirection"} \
         if importlib.util.find_spec("lmcache") else set()
-    assert public == kernels | memory | lmcache_types
+    assert public == kernels | memory | fast_paths | lmcache_types
     # LMCache's worker hands tensors (not pinned copies it cannot make on the CPU) only to a block op
     # whose lmcache_objects_ptrs annotation names Tensor.
     annotation = inspect.signature(ops.multi_layer_block_kv_transfer).parameters["lmcache_objects_ptrs"].annotation

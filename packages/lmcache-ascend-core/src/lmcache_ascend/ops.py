@@ -234,6 +234,16 @@ def multi_layer_block_kv_transfer(
     objects ([2, L, T, D], or [L, T, D] for single-plane formats) or their host addresses.
     Validated in full before any byte moves.
     """
+    _plan_block_transfer(paged_buffer_ptrs_tensor, lmcache_objects_ptrs, block_ids, device, direction, shape_desc,
+                         lmcache_chunk_size, engine_kv_format, skip_prefix_n_blocks)()
+
+
+def _plan_block_transfer(paged_buffer_ptrs_tensor, lmcache_objects_ptrs, block_ids, device, direction, shape_desc,
+                         lmcache_chunk_size, engine_kv_format, skip_prefix_n_blocks, *, objects_device: str = "cpu"):
+    """multi_layer_block_kv_transfer checked in full but not run: returns the callable that moves the
+    bytes, so a plan of several transfers is refused before any of them writes.
+    objects_device: where memory objects given as addresses live (host memory for LMCache's memory
+    objects, the KV cache's device for the object-group plan's staging buffers)."""
     fmt = _engine_format(engine_kv_format)
     kind = _kernel_direction(direction)
     bs, chunk_size, skip = int(shape_desc.bs), int(lmcache_chunk_size), int(skip_prefix_n_blocks)
@@ -272,14 +282,20 @@ def multi_layer_block_kv_transfer(
         view = object_views[i]
         if view is None:  # a host address: LMCache's layout of one memory object
             shape = ((2,) if paged.num_planes == 2 else ()) + (paged.num_layers, chunk_size, paged.hidden)
-            view = _address_view(objects[i], shape, paged.itemsize, paged.dtype, "cpu", f"lmcache_objects_ptrs[{i}]")
+            view = _address_view(objects[i], shape, paged.itemsize, paged.dtype, objects_device,
+                                 f"lmcache_objects_ptrs[{i}]")
         # single-plane objects are [L, T, D], or [1, L, T, D] as the in-process engine allocates them
         chunk_fmt = "KV_2LTD" if paged.num_planes == 2 else ("KV_MLA_FMT" if view.ndim == 4 else "ONE_LTD")
         chunk = _describe_chunk(view, chunk_fmt, f"lmcache_objects_ptrs[{i}]", writable=kind == _transfer.GATHER)
         begin = i * chunk_size
         chunks.append((chunk, begin, min(begin + chunk_size, n_blocks * bs)))
-    _transfer.transfer_kv(paged, chunks, slots, kind, skip * bs)
-    _announce("multi_layer_block_kv_transfer", fmt.name, kind)
+    _transfer.check_request(paged, chunks, slots)
+
+    def run() -> None:
+        _transfer.transfer_kv(paged, chunks, slots, kind, skip * bs)
+        _announce("multi_layer_block_kv_transfer", fmt.name, kind)
+
+    return run
 
 
 def _announce(op: str, fmt_name: str, kind: int) -> None:
@@ -497,3 +513,290 @@ def _npu_ready():
     if npu is None or not npu.is_available():
         return None
     return torch.device("npu", npu.current_device())
+
+
+# ---- LMCache MP mode's object-group fast paths ------------------------------------------------
+# LMCache's server (lmcache/v1/multiprocess/object_group_transfer.py) uses these when the bound
+# device module has them (hasattr): one call per object group instead of one per copy and launch.
+# Plan types: the constructors and argument names of LMCache's (csrc/cuda/pybind.cpp,
+# csrc/lmcache_native/pybind.cpp); DeviceOps.bind_native puts ours in place of its own, whose
+# fields Python cannot read.
+
+def _nonneg(value: _Any, arg: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < 0 or isinstance(value, bool):
+        raise ValueError(f"{arg}={value!r} must be an integer >= 0")
+    return number
+
+
+def _address(value: _Any, arg: str) -> int:
+    address = _nonneg(value, arg)
+    if address == 0:
+        raise ValueError(f"{arg}=0 is a null address; pass the buffer's data pointer")
+    return address
+
+
+class StagingCopy:
+    """One copy of a staged plan: nbytes from src to dest, one side host memory at host_offset inside
+    LMCache's pinned allocation (the source for H2D, the destination for D2H)."""
+
+    __slots__ = ("dest", "src", "nbytes", "host_offset")
+
+    def __init__(self, dest: int, src: int, nbytes: int, host_offset: int) -> None:
+        self.nbytes = _nonneg(nbytes, "StagingCopy.nbytes")
+        self.dest = _address(dest, "StagingCopy.dest") if self.nbytes else _nonneg(dest, "StagingCopy.dest")
+        self.src = _address(src, "StagingCopy.src") if self.nbytes else _nonneg(src, "StagingCopy.src")
+        self.host_offset = _nonneg(host_offset, "StagingCopy.host_offset")
+
+
+class LaunchVar:
+    """One block transfer of a batch: kernel_group_specs[group_idx], its block ids
+    [block_ids_offset, block_ids_offset + total_blocks), its first num_objects staging buffers."""
+
+    __slots__ = ("group_idx", "block_ids_offset", "total_blocks", "num_objects", "skip_prefix_n_blocks")
+
+    def __init__(self, group_idx: int, block_ids_offset: int, total_blocks: int, num_objects: int,
+                 skip_prefix_n_blocks: int) -> None:
+        self.group_idx = _nonneg(group_idx, "LaunchVar.group_idx")
+        self.block_ids_offset = _nonneg(block_ids_offset, "LaunchVar.block_ids_offset")
+        self.total_blocks = _nonneg(total_blocks, "LaunchVar.total_blocks")
+        self.num_objects = _nonneg(num_objects, "LaunchVar.num_objects")
+        self.skip_prefix_n_blocks = _nonneg(skip_prefix_n_blocks, "LaunchVar.skip_prefix_n_blocks")
+
+
+class BatchStep:
+    """One batch: its staging copies (before the launches for H2D, after them for D2H)."""
+
+    __slots__ = ("staging", "launches")
+
+    def __init__(self, staging, launches) -> None:
+        self.staging = _typed_list(staging, StagingCopy, "BatchStep.staging")
+        self.launches = _typed_list(launches, LaunchVar, "BatchStep.launches")
+
+
+class KernelGroupSpec:
+    """What stays fixed for one kernel group across a plan: the address of its int64 array of paged
+    KV pointers (LMCache's order for engine_kv_format), the addresses of its staging buffers (one per
+    batch slot, on the KV cache's device), and the address and length of its int64 block ids."""
+
+    __slots__ = ("paged_buffer_ptrs", "lmcache_objects_ptrs", "shape_desc", "lmcache_chunk_size",
+                 "engine_kv_format", "block_ids_base", "block_ids_capacity")
+
+    def __init__(self, paged_buffer_ptrs: int, lmcache_objects_ptrs, shape_desc, lmcache_chunk_size: int,
+                 engine_kv_format: int, block_ids_base: int, block_ids_capacity: int) -> None:
+        self.paged_buffer_ptrs = _address(paged_buffer_ptrs, "KernelGroupSpec.paged_buffer_ptrs")
+        self.lmcache_objects_ptrs = [_address(p, f"KernelGroupSpec.lmcache_objects_ptrs[{i}]")
+                                     for i, p in enumerate(lmcache_objects_ptrs)]
+        self.shape_desc = shape_desc
+        self.lmcache_chunk_size = _nonneg(lmcache_chunk_size, "KernelGroupSpec.lmcache_chunk_size")
+        self.engine_kv_format = _engine_format(engine_kv_format, "KernelGroupSpec.engine_kv_format").value
+        self.block_ids_capacity = _nonneg(block_ids_capacity, "KernelGroupSpec.block_ids_capacity")
+        self.block_ids_base = (_address(block_ids_base, "KernelGroupSpec.block_ids_base") if self.block_ids_capacity
+                               else _nonneg(block_ids_base, "KernelGroupSpec.block_ids_base"))
+
+
+class DirectCopyGroupSpec:
+    """One kernel group of a direct copy: its paged KV pointers (host list, LMCache's order), where
+    its [kv_size, nl, slots_per_chunk, nh * hs] region starts in each memory object, and its block ids
+    (slots_per_chunk / bs per chunk)."""
+
+    __slots__ = ("paged_layer_ptrs", "shape_desc", "engine_kv_format", "slots_per_chunk", "byte_offset_in_object",
+                 "block_ids")
+
+    def __init__(self, paged_layer_ptrs, shape_desc, engine_kv_format: int, slots_per_chunk: int,
+                 byte_offset_in_object: int, block_ids) -> None:
+        self.paged_layer_ptrs = [_address(p, f"DirectCopyGroupSpec.paged_layer_ptrs[{i}]")
+                                 for i, p in enumerate(paged_layer_ptrs)]
+        self.shape_desc = shape_desc
+        self.engine_kv_format = _engine_format(engine_kv_format, "DirectCopyGroupSpec.engine_kv_format").value
+        self.slots_per_chunk = _nonneg(slots_per_chunk, "DirectCopyGroupSpec.slots_per_chunk")
+        self.byte_offset_in_object = _nonneg(byte_offset_in_object, "DirectCopyGroupSpec.byte_offset_in_object")
+        self.block_ids = [int(b) for b in block_ids]
+
+
+class DirectCopyObject:
+    """One memory object (chunk chunk_idx) of a direct copy: host_ptr, its nbytes, its offset inside
+    LMCache's pinned allocation, and the blocks to leave alone at its start, per group spec."""
+
+    __slots__ = ("host_ptr", "host_offset", "nbytes", "chunk_idx", "skip_prefix_n_blocks")
+
+    def __init__(self, host_ptr: int, host_offset: int, nbytes: int, chunk_idx: int, skip_prefix_n_blocks) -> None:
+        self.host_ptr = _address(host_ptr, "DirectCopyObject.host_ptr")
+        self.host_offset = _nonneg(host_offset, "DirectCopyObject.host_offset")
+        self.nbytes = _nonneg(nbytes, "DirectCopyObject.nbytes")
+        self.chunk_idx = _nonneg(chunk_idx, "DirectCopyObject.chunk_idx")
+        self.skip_prefix_n_blocks = [_nonneg(n, f"DirectCopyObject.skip_prefix_n_blocks[{i}]")
+                                     for i, n in enumerate(skip_prefix_n_blocks)]
+
+
+def _typed_list(items, cls: type, arg: str) -> list:
+    items = list(items)
+    for i, item in enumerate(items):
+        if not isinstance(item, cls):
+            raise TypeError(f"{arg}[{i}]: is {type(item).__module__}.{type(item).__qualname__}; build it as "
+                            f"lmcache_ascend.ops.{cls.__name__} (LMCache's device_ops.{cls.__name__} once "
+                            "lmcache_ascend.ops is bound), whose fields this module can read")
+    return items
+
+
+def _check_alignment(host_buffer_alignment: _Any) -> int:
+    alignment = _nonneg(host_buffer_alignment, "host_buffer_alignment")
+    if alignment == 0 or alignment & (alignment - 1):
+        raise ValueError(f"host_buffer_alignment={host_buffer_alignment} must be a power of two (LMCache's "
+                         "LazyMemoryAllocator.PIN_CHUNK_SIZE)")
+    return alignment
+
+
+def _in_plan(where: str, plan, *args, **kwargs):
+    """plan(*args, **kwargs), its errors prefixed with the plan entry they come from (the block
+    transfer's messages name its own arguments)."""
+    try:
+        return plan(*args, **kwargs)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
+
+
+def _pointer_count(fmt, shape_desc) -> int:
+    """Entries of a kernel group's paged-pointer array: one per tensor LMCache hands over."""
+    return 1 if fmt.cross_layer else int(shape_desc.nl) * fmt.tensors_per_layer
+
+
+def execute_object_group_transfer(direction, device, host_buffer_alignment: int, kernel_group_specs, batch_steps,
+                                  phase_timing_enabled: bool = False, session_id: str = "") -> None:
+    """Run one object group's staged plan: for each batch step, its staging copies
+    (lmcache_memcpy_async between memory objects and staging buffers) and its launches
+    (multi_layer_block_kv_transfer between staging buffers and the paged KV cache), copies before
+    launches for H2D and after them for D2H, steps in order (staging buffers are reused).
+
+    The whole plan is checked before its first byte moves. phase_timing_enabled / session_id are
+    accepted for LMCache's signature; this module exports no pop_completed_phase_timings, so LMCache
+    never asks for timing samples.
+    """
+    import torch
+
+    kind = _kernel_direction(direction)
+    alignment = _check_alignment(host_buffer_alignment)
+    specs = _typed_list(kernel_group_specs, KernelGroupSpec, "kernel_group_specs")
+    steps = _typed_list(batch_steps, BatchStep, "batch_steps")
+    device_type = _device_type(device)
+    plan = []  # (staging copies, launch runners) per step
+    for s, step in enumerate(steps):
+        runners = []
+        for j, launch in enumerate(step.launches):
+            arg = f"batch_steps[{s}].launches[{j}]"
+            if launch.group_idx >= len(specs):
+                raise ValueError(f"{arg}.group_idx={launch.group_idx} is out of range: the plan has {len(specs)} "
+                                 "kernel_group_specs")
+            spec = specs[launch.group_idx]
+            if not 1 <= launch.num_objects <= len(spec.lmcache_objects_ptrs):
+                raise ValueError(f"{arg}.num_objects={launch.num_objects} must be in [1, "
+                                 f"{len(spec.lmcache_objects_ptrs)}] (the staging buffers of kernel_group_specs"
+                                 f"[{launch.group_idx}])")
+            end = launch.block_ids_offset + launch.total_blocks
+            if end > spec.block_ids_capacity:
+                raise ValueError(f"{arg}: block ids [{launch.block_ids_offset}, {end}) exceed block_ids_capacity="
+                                 f"{spec.block_ids_capacity} of kernel_group_specs[{launch.group_idx}]")
+            fmt = _engine_format(spec.engine_kv_format)
+            ptrs = tensor_from_ptr(spec.paged_buffer_ptrs, (_pointer_count(fmt, spec.shape_desc),), torch.int64,
+                                   device)
+            ids = (tensor_from_ptr(spec.block_ids_base + 8 * launch.block_ids_offset, (launch.total_blocks,),
+                                   torch.int64, device) if launch.total_blocks else [])
+            runners.append(_in_plan(f"{arg} (kernel_group_specs[{launch.group_idx}])", _plan_block_transfer,
+                                    ptrs, spec.lmcache_objects_ptrs[:launch.num_objects], ids, device, direction,
+                                    spec.shape_desc, spec.lmcache_chunk_size, spec.engine_kv_format,
+                                    launch.skip_prefix_n_blocks, objects_device=device_type))
+        plan.append((step.staging, runners))
+    for staging, runners in plan:
+        if kind == _transfer.GATHER:
+            for run in runners:
+                run()
+        for copy in staging:
+            lmcache_memcpy_async(copy.dest, copy.src, copy.nbytes, direction, copy.host_offset, alignment)
+        if kind == _transfer.SCATTER:
+            for run in runners:
+                run()
+    for spec in specs:
+        _announce("execute_object_group_transfer", _engine_format(spec.engine_kv_format).name, kind)
+
+
+def batch_memcpy_supported() -> bool:
+    """Whether execute_direct_copy_transfer runs in this process: always (it moves blocks with this
+    module's block transfer, not with cudaMemcpyBatchAsync)."""
+    return True
+
+
+def direct_copy_format_supported(engine_kv_format) -> bool:
+    """Whether execute_direct_copy_transfer can address engine_kv_format's blocks from raw pointers:
+    every format the block transfer knows except the plane-tuple one (NL_X_NP_X_NB_BS_ONE_HS, whose
+    planes' widths pointers cannot tell). Wider than LMCache's CUDA table (token-major formats only,
+    a limit of its copy engine): the block transfer also gathers HND blocks, so vLLM's CPU layout
+    moves once, not through a staging buffer."""
+    try:
+        fmt = _engine_format(engine_kv_format)
+    except ValueError:
+        return False
+    return not fmt.plane_groups
+
+
+def execute_direct_copy_transfer(direction, device, host_buffer_alignment: int, group_specs, objects) -> None:
+    """Move each memory object straight between its host memory and the paged KV cache: for object
+    o and group spec g, the blocks g.block_ids[o.chunk_idx * k + b] for o.skip_prefix_n_blocks[g] <=
+    b < k (k = g.slots_per_chunk / bs) of every layer and K/V plane, against the object's
+    [kv_size, nl, slots_per_chunk, nh * hs] region at g.byte_offset_in_object. Bytes as LMCache's
+    staged path (multi_layer_block_kv_transfer through a staging buffer) leaves them; skipped blocks
+    are not touched. Objects in order; every object and group checked before the first byte moves.
+    host_buffer_alignment (LMCache's pin-chunk size) is checked only: this module's copies need no
+    split at registration boundaries.
+    """
+    _kernel_direction(direction)
+    _check_alignment(host_buffer_alignment)
+    specs = _typed_list(group_specs, DirectCopyGroupSpec, "group_specs")
+    objs = _typed_list(objects, DirectCopyObject, "objects")
+    groups = []  # (pointers, blocks per chunk, region bytes) per spec
+    for g, spec in enumerate(specs):
+        fmt = _engine_format(spec.engine_kv_format)
+        if not direct_copy_format_supported(fmt.value):
+            raise ValueError(f"group_specs[{g}].engine_kv_format={fmt.name} is not eligible for the direct copy "
+                             "path (direct_copy_format_supported); move it with execute_object_group_transfer")
+        sd = spec.shape_desc
+        bs = int(sd.bs)
+        if bs <= 0 or spec.slots_per_chunk <= 0 or spec.slots_per_chunk % bs:
+            raise ValueError(f"group_specs[{g}].slots_per_chunk={spec.slots_per_chunk} must be a positive multiple "
+                             f"of shape_desc.bs={bs}")
+        needed = _pointer_count(fmt, sd)
+        if len(spec.paged_layer_ptrs) < needed:
+            raise ValueError(f"group_specs[{g}].paged_layer_ptrs has {len(spec.paged_layer_ptrs)} pointers; "
+                             f"{fmt.name} with shape_desc.nl={int(sd.nl)} needs {needed}")
+        region = (int(sd.kv_size) * int(sd.nl) * spec.slots_per_chunk * int(sd.nh) * int(sd.hs)
+                  * int(sd.element_size))
+        groups.append((spec.paged_layer_ptrs[:needed], spec.slots_per_chunk // bs, region))
+    runners = []
+    for o, obj in enumerate(objs):
+        if len(obj.skip_prefix_n_blocks) != len(specs):
+            raise ValueError(f"objects[{o}].skip_prefix_n_blocks has {len(obj.skip_prefix_n_blocks)} entries; pass "
+                             f"one per group spec ({len(specs)})")
+        for g, (spec, (ptrs, per_chunk, region)) in enumerate(zip(specs, groups)):
+            skip = obj.skip_prefix_n_blocks[g]
+            if skip > per_chunk:
+                raise ValueError(f"objects[{o}].skip_prefix_n_blocks[{g}]={skip} exceeds the {per_chunk} blocks of "
+                                 "a chunk of that group")
+            first = obj.chunk_idx * per_chunk
+            if first + per_chunk > len(spec.block_ids):
+                raise ValueError(f"objects[{o}].chunk_idx={obj.chunk_idx} needs block ids [{first}, "
+                                 f"{first + per_chunk}) but group_specs[{g}].block_ids has {len(spec.block_ids)}")
+            end = spec.byte_offset_in_object + region
+            if end > obj.nbytes:
+                raise ValueError(f"objects[{o}]: group_specs[{g}]'s region ends at byte {end}, past the object size "
+                                 f"nbytes={obj.nbytes}; pass the memory object's size and its groups' offsets")
+            runners.append(_in_plan(f"objects[{o}] x group_specs[{g}]", _plan_block_transfer,
+                                    ptrs, [obj.host_ptr + spec.byte_offset_in_object],
+                                    spec.block_ids[first:first + per_chunk], device, direction, spec.shape_desc,
+                                    spec.slots_per_chunk, spec.engine_kv_format, skip))
+    for run in runners:
+        run()
+    for spec in specs:
+        _announce("execute_direct_copy_transfer", _engine_format(spec.engine_kv_format).name,
+                  _kernel_direction(direction))

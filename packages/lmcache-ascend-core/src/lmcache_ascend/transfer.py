@@ -101,6 +101,16 @@ def _check_chunks(paged: PagedKV | PlaneGroups, chunks: Sequence[tuple[ChunkView
                              f"(slot_mapping[{begin}:{end}]) were asked for")
 
 
+def check_request(paged: PagedKV | PlaneGroups, chunks: Sequence[tuple[ChunkView, int, int]],
+                  slot_mapping: Any) -> tuple[TensorView, str]:
+    """(slot view, backend) of a transfer_kv request, every Python-side check done: callers that
+    queue several transfers check them all first, so a bad one is refused before any byte moves."""
+    slots = slot_view(slot_mapping)
+    backend = backend_for(paged.device, [chunk.view.device for chunk, _, _ in chunks], slots.device)
+    _check_chunks(paged, chunks, slots)
+    return slots, backend
+
+
 def native_request(paged: PagedKV | PlaneGroups, chunks: Sequence[tuple[ChunkView, int, int]]):
     """(pages, chunk lists) for the native bindings: one entry per plane group.
 
@@ -143,9 +153,7 @@ def transfer_kv(
     with memory objects in NPU memory it returns once queued on the current NPU stream. All plane
     groups go in one launch.
     """
-    slots = slot_view(slot_mapping)
-    backend = backend_for(paged.device, [chunk.view.device for chunk, _, _ in chunks], slots.device)
-    _check_chunks(paged, chunks, slots)
+    slots, backend = check_request(paged, chunks, slot_mapping)
     if not chunks:
         return
     pages, chunk_lists = native_request(paged, chunks)
