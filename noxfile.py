@@ -33,8 +33,12 @@ CORE = ROOT / "packages" / "lmcache-ascend-core"
 VLLM_PKG = ROOT / "packages" / "lmcache-ascend-vllm"
 UPSTREAM = ROOT / ".nox" / "_upstream"  # LMCache sdists' own tests, per release (tools/fetch_upstream_tests.py)
 # LMCache's own tests run against ours, per generation: its allocator tests, and (0.5) its parity
-# suite for device modules.
-UPSTREAM_TESTS = {"0.5": ["tests/v1/test_memory_management.py", "tests/v1/test_torch_ops.py"],
+# suite for device modules and its multiprocess-mode tests (test_lmcache_mp_upstream.py).
+UPSTREAM_TESTS = {"0.5": ["tests/v1/test_memory_management.py", "tests/v1/test_torch_ops.py",
+                          # its multiprocess-mode tests, with the conftest, package files and helpers they import
+                          "pytest.ini", "tests/__init__.py", "tests/conftest.py", "tests/v1/__init__.py",
+                          "tests/v1/multiprocess", "tests/v1/storage_backend/__init__.py",
+                          "tests/v1/storage_backend/raw_block_test_utils.py"],
                   "0.3": ["tests/v1/test_memory_management.py"]}
 
 # CI machines share a small disk: every session's virtualenv and temp dir go when it ends, and pip
