@@ -65,6 +65,9 @@ DESELECTED = {
                     "test_mq_unregister_kv_cache", "test_mq_unregister_kv_cache_multiple_clients", "test_mq_store",
                     "test_mq_retrieve", "test_mq_lookup", "test_mq_lookup_with_different_key",
                     "test_mq_report_block_allocation", "test_mq_report_block_allocation_empty")},
+    **{MP + f"test_autostart_health.py::test_autostart_health_real_transport[{flag}]": "a child interpreter "
+       "that imports LMCache and serves one ping gets 30 s, which a loaded 2-core machine can exceed (passed in 14 s "
+       "on one run here, timed out on the next); no device op in it" for flag in ("True", "False")},
 }
 # What FILES must reach in our module (a rename upstream, or a fallback to the baseline, shows here).
 EXPECTED_OURS = {"multi_layer_block_kv_transfer", "drain_recorded_events", "alloc_pinned_ptr"}
@@ -91,7 +94,8 @@ def run(tmp_path_factory):
         for case in ET.parse(junit).iter("testcase"):
             test = f"{case.get('classname', '').replace('.', '/')}::{case.get('name')}"
             kind = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
-            outcomes[test] = (kind, next((c.get("message", "") for c in case if c.tag == kind), ""))
+            # a module-level skip says "collection skipped"; its reason is the element's text
+            outcomes[test] = (kind, next((f"{c.get('message', '')} {c.text or ''}" for c in case if c.tag == kind), ""))
     calls = json.loads(report.read_text()) if report.exists() else None
     return proc, outcomes, calls
 
