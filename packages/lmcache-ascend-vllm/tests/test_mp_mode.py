@@ -94,6 +94,7 @@ def test_server_restarted_mid_run_vllm_keeps_serving(demo_model, tmp_path):
     assert warm["cached_tokens"] == FULL_CHUNKS
     assert no_server["cached_tokens"] == 0 and fresh["cached_tokens"] == 0  # recomputed, not lost
     assert_same_greedy(*answers)
-    # LMCache 0.5.6's MP connector does not store into a server restarted under it: the engine keeps
-    # recomputing (measured here; if upstream learns to reconnect, this is a hit of FULL_CHUNKS).
-    assert again["cached_tokens"] == 0
+    # Whether LMCache 0.5.6's MP connector stores into a server restarted under it depends on when
+    # it reconnects: measured here both ways (a miss in earlier runs, a hit of every full chunk on
+    # 2026-12-02). Either is served correctly; a partial hit would mean chunks were lost.
+    assert again["cached_tokens"] in (0, FULL_CHUNKS)
