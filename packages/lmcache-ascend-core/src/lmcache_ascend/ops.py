@@ -539,6 +539,11 @@ def _address(value: _Any, arg: str) -> int:
     return address
 
 
+# The fast paths' plan types are ours, not LMCache's (its KernelGroupSpec hides its fields from
+# Python); binding this module hands them to LMCache's plan builder.
+_PLAN_TYPES = ("StagingCopy", "LaunchVar", "BatchStep", "KernelGroupSpec", "DirectCopyGroupSpec", "DirectCopyObject")
+
+
 class StagingCopy:
     """One copy of a staged plan: nbytes from src to dest, one side host memory at host_offset inside
     LMCache's pinned allocation (the source for H2D, the destination for D2H)."""
