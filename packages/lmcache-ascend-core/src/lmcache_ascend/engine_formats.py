@@ -69,6 +69,10 @@ class EngineFormat:
     def cross_layer(self) -> bool:
         return self.engine_axes is not None and "L" in self.engine_axes
 
+    def address_count(self, num_layers: int) -> int:
+        """Paged-KV addresses LMCache hands over for this format: one per tensor."""
+        return 1 if self.cross_layer else num_layers * self.tensors_per_layer
+
 
 _FORMATS = [
     # Cross-layer: one [NB, NL, 2, ...] tensor; layer l is tensor[:, l], a flashinfer block layout.
@@ -288,10 +292,10 @@ def engine_views(fmt: EngineFormat, paged: Any, *, block_size: int = 0, geometry
                              "addresses (the planes' widths differ and cannot be read from pointers)")
         if geometry is None:
             raise ValueError(f"{arg}: raw addresses need the KV cache's geometry (shape_desc)")
-        per_layer = 1 if fmt.cross_layer else geometry.num_layers * fmt.tensors_per_layer
-        if len(addresses) != per_layer:
+        expected = fmt.address_count(geometry.num_layers)
+        if len(addresses) != expected:
             raise ValueError(f"{arg}: {len(addresses)} addresses for {geometry.num_layers} layers; engine_kv_format "
-                             f"{fmt.name} takes {per_layer}")
+                             f"{fmt.name} takes {expected}")
         tensors: list[Any] = [_pointer_view(a, fmt, geometry, f"{arg}[{i}]") for i, a in enumerate(addresses)]
     elif fmt.cross_layer:
         if isinstance(paged, (list, tuple)):

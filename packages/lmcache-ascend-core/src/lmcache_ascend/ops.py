@@ -289,10 +289,10 @@ def _plan_block_transfer(paged_buffer_ptrs_tensor, lmcache_objects_ptrs, block_i
         chunk = _describe_chunk(view, chunk_fmt, f"lmcache_objects_ptrs[{i}]", writable=kind == _transfer.GATHER)
         begin = i * chunk_size
         chunks.append((chunk, begin, min(begin + chunk_size, n_blocks * bs)))
-    _transfer.check_request(paged, chunks, slots)
+    move = _transfer.prepare_transfer(paged, chunks, slots, kind, skip * bs)
 
     def run() -> None:
-        _transfer.transfer_kv(paged, chunks, slots, kind, skip * bs)
+        move()
         _announce("multi_layer_block_kv_transfer", fmt.name, kind)
 
     return run
@@ -664,11 +664,6 @@ def _in_plan(where: str, plan, *args, **kwargs):
         raise type(exc)(f"{where}: {exc}") from exc
 
 
-def _pointer_count(fmt, shape_desc) -> int:
-    """Entries of a kernel group's paged-pointer array: one per tensor LMCache hands over."""
-    return 1 if fmt.cross_layer else int(shape_desc.nl) * fmt.tensors_per_layer
-
-
 def execute_object_group_transfer(direction, device, host_buffer_alignment: int, kernel_group_specs, batch_steps,
                                   phase_timing_enabled: bool = False, session_id: str = "") -> None:
     """Run one object group's staged plan: for each batch step, its staging copies
@@ -688,6 +683,7 @@ def execute_object_group_transfer(direction, device, host_buffer_alignment: int,
     steps = _typed_list(batch_steps, BatchStep, "batch_steps")
     device_type = _device_type(device)
     plan = []  # (staging copies, launch runners) per step
+    group_ptrs = {}  # group_idx -> its paged-pointer array
     for s, step in enumerate(steps):
         runners = []
         for j, launch in enumerate(step.launches):
@@ -704,9 +700,10 @@ def execute_object_group_transfer(direction, device, host_buffer_alignment: int,
             if end > spec.block_ids_capacity:
                 raise ValueError(f"{arg}: block ids [{launch.block_ids_offset}, {end}) exceed block_ids_capacity="
                                  f"{spec.block_ids_capacity} of kernel_group_specs[{launch.group_idx}]")
-            fmt = _engine_format(spec.engine_kv_format)
-            ptrs = tensor_from_ptr(spec.paged_buffer_ptrs, (_pointer_count(fmt, spec.shape_desc),), torch.int64,
-                                   device)
+            if launch.group_idx not in group_ptrs:  # one view of a group's pointer array for all its launches
+                count = _engine_format(spec.engine_kv_format).address_count(int(spec.shape_desc.nl))
+                group_ptrs[launch.group_idx] = tensor_from_ptr(spec.paged_buffer_ptrs, (count,), torch.int64, device)
+            ptrs = group_ptrs[launch.group_idx]
             ids = (tensor_from_ptr(spec.block_ids_base + 8 * launch.block_ids_offset, (launch.total_blocks,),
                                    torch.int64, device) if launch.total_blocks else [])
             runners.append(_in_plan(f"{arg} (kernel_group_specs[{launch.group_idx}])", _plan_block_transfer,
@@ -756,7 +753,7 @@ def execute_direct_copy_transfer(direction, device, host_buffer_alignment: int, 
     host_buffer_alignment (LMCache's pin-chunk size) is checked only: this module's copies need no
     split at registration boundaries.
     """
-    _kernel_direction(direction)
+    kind = _kernel_direction(direction)
     _check_alignment(host_buffer_alignment)
     specs = _typed_list(group_specs, DirectCopyGroupSpec, "group_specs")
     objs = _typed_list(objects, DirectCopyObject, "objects")
@@ -771,7 +768,7 @@ def execute_direct_copy_transfer(direction, device, host_buffer_alignment: int, 
         if bs <= 0 or spec.slots_per_chunk <= 0 or spec.slots_per_chunk % bs:
             raise ValueError(f"group_specs[{g}].slots_per_chunk={spec.slots_per_chunk} must be a positive multiple "
                              f"of shape_desc.bs={bs}")
-        needed = _pointer_count(fmt, sd)
+        needed = fmt.address_count(int(sd.nl))
         if len(spec.paged_layer_ptrs) < needed:
             raise ValueError(f"group_specs[{g}].paged_layer_ptrs has {len(spec.paged_layer_ptrs)} pointers; "
                              f"{fmt.name} with shape_desc.nl={int(sd.nl)} needs {needed}")
@@ -803,5 +800,4 @@ def execute_direct_copy_transfer(direction, device, host_buffer_alignment: int, 
     for run in runners:
         run()
     for spec in specs:
-        _announce("execute_direct_copy_transfer", _engine_format(spec.engine_kv_format).name,
-                  _kernel_direction(direction))
+        _announce("execute_direct_copy_transfer", _engine_format(spec.engine_kv_format).name, kind)

@@ -6,7 +6,7 @@ per-slot checks live in native code, and both run before the first byte moves.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from lmcache_ascend import envs
 from lmcache_ascend._native import transfer as _native
@@ -101,16 +101,6 @@ def _check_chunks(paged: PagedKV | PlaneGroups, chunks: Sequence[tuple[ChunkView
                              f"(slot_mapping[{begin}:{end}]) were asked for")
 
 
-def check_request(paged: PagedKV | PlaneGroups, chunks: Sequence[tuple[ChunkView, int, int]],
-                  slot_mapping: Any) -> tuple[TensorView, str]:
-    """(slot view, backend) of a transfer_kv request, every Python-side check done: callers that
-    queue several transfers check them all first, so a bad one is refused before any byte moves."""
-    slots = slot_view(slot_mapping)
-    backend = backend_for(paged.device, [chunk.view.device for chunk, _, _ in chunks], slots.device)
-    _check_chunks(paged, chunks, slots)
-    return slots, backend
-
-
 def native_request(paged: PagedKV | PlaneGroups, chunks: Sequence[tuple[ChunkView, int, int]]):
     """(pages, chunk lists) for the native bindings: one entry per plane group.
 
@@ -153,13 +143,32 @@ def transfer_kv(
     with memory objects in NPU memory it returns once queued on the current NPU stream. All plane
     groups go in one launch.
     """
-    slots, backend = check_request(paged, chunks, slot_mapping)
+    prepare_transfer(paged, chunks, slot_mapping, direction, skip_prefix_n_tokens, fused)()
+
+
+def prepare_transfer(
+    paged: PagedKV | PlaneGroups,
+    chunks: Sequence[tuple[ChunkView, int, int]],
+    slot_mapping: Any,
+    direction: int,
+    skip_prefix_n_tokens: int = 0,
+    fused: bool | None = None,
+) -> Callable[[], None]:
+    """transfer_kv with every Python-side check done now and the bytes moved when the returned
+    callable runs: callers that queue several transfers prepare them all first, so a bad one is
+    refused before any byte of the others moves."""
+    slots = slot_view(slot_mapping)
+    backend = backend_for(paged.device, [chunk.view.device for chunk, _, _ in chunks], slots.device)
+    _check_chunks(paged, chunks, slots)
     if not chunks:
-        return
+        return lambda: None
     pages, chunk_lists = native_request(paged, chunks)
     args = (pages, chunk_lists, slots.address, slots.shape[0], slots.itemsize, skip_prefix_n_tokens, direction)
-    if backend == CPU:
-        _native.transfer_kv(*args)
-    else:
-        _native.transfer_kv_npu(*args, current_npu_stream(paged.device_index), slots.device == NPU,
-                                chunks[0][0].view.device == CPU, fused)
+
+    def run() -> None:  # paged, chunks and slots stay referenced here: they own the memory args points at
+        if backend == CPU:
+            _native.transfer_kv(*args)
+        else:
+            _native.transfer_kv_npu(*args, current_npu_stream(paged.device_index), slots.device == NPU,
+                                    chunks[0][0].view.device == CPU, fused)
+    return run
