@@ -69,13 +69,22 @@ def kv_transfer_config(lmcache: dict[str, Any]) -> Any:
                             kv_connector_extra_config={f"lmcache.{k}": v for k, v in lmcache.items()})
 
 
+# LMCache 0.5.6's MP connector waits up to lmcache.mp.mq_timeout (default 300 s) for each blocking
+# request to its server, and vLLM kills the engine when one model step takes longer than
+# VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS (default 300 s). A store submitted in the ~20 s before the
+# connector's heartbeat notices a dead server waits the whole mq_timeout: with the defaults that
+# kills vLLM (measured on a loaded host, docs/mp.md). 60 s leaves room for two such waits in a step.
+MP_MQ_TIMEOUT_S = 60
+
+
 def mp_kv_transfer_config(port: int, transfer_mode: Optional[str] = None) -> Any:
     """vLLM's KVTransferConfig for LMCache's multiprocess mode: upstream's LMCacheMPConnector talking
     to an `lmcache server` on loopback `port`; transfer_mode None = the device's default
     (engine-driven on the CPU), or "lmcache_driven"."""
     from vllm.config import KVTransferConfig
 
-    extra: dict[str, Any] = {"lmcache.mp.host": "tcp://127.0.0.1", "lmcache.mp.port": port}
+    extra: dict[str, Any] = {"lmcache.mp.host": "tcp://127.0.0.1", "lmcache.mp.port": port,
+                             "lmcache.mp.mq_timeout": MP_MQ_TIMEOUT_S}
     if transfer_mode:
         extra["lmcache.mp.mp_transfer_mode"] = transfer_mode
     return KVTransferConfig(kv_connector="LMCacheMPConnector", kv_role="kv_both", kv_connector_extra_config=extra)
