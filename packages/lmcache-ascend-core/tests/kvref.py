@@ -12,6 +12,9 @@ LAYOUTS = ["flash_attn", "flashinfer", "separate_kv", "cpu", "cpu_nhd", "hnd", "
 # Layers made of several planes of different widths, whose columns follow each other in the memory
 # object's hidden dimension: layout -> planes per layer.
 GROUP_LAYOUTS = {"mla_rope": 2, "dsa": 3, "mla_planes": None}
+# Plane widths of each plane-group layout: kv_lora_rank, qk_rope_head_dim, index_head_dim (DeepSeek
+# sizes scaled down).
+PLANE_WIDTHS = {"mla_rope": (64, 16), "dsa": (64, 16, 32), "mla_planes": (64, 16, 32)}
 # Ascend 310P NZ caches: a K/V pair (or a merged [2, ...] tensor) of [NB, hidden/C0, BS, C0], C0 = 32 bytes.
 NZ_LAYOUTS = ["nz", "nz_merged"]
 # The HND layout each NZ layout is, with head_size = one fractal.
@@ -52,6 +55,21 @@ def random_tensor(shape, dtype: torch.dtype, gen: torch.Generator) -> torch.Tens
     if dtype.is_floating_point:
         return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
     return torch.randint(-128, 127, shape, generator=gen, dtype=torch.int64).to(dtype)
+
+
+def random_slots(num_tokens: int, num_slots: int, gen: torch.Generator, dtype, hole_every: int = 5,
+                 block_size: int = 16):
+    """Distinct slots laid out as vLLM hands them out (blocks in random order, tokens consecutive
+    inside a block), a few swapped to break runs, and every `hole_every`-th token set to -1."""
+    blocks = torch.randperm((num_slots + block_size - 1) // block_size, generator=gen)
+    slots = (blocks[:, None] * block_size + torch.arange(block_size)).flatten()
+    slots = slots[slots < num_slots][:num_tokens]
+    for _ in range(num_tokens // 8):
+        i, j = torch.randint(0, num_tokens, (2,), generator=gen).tolist()
+        slots[[i, j]] = slots[[j, i]]
+    slots = slots.to(dtype)
+    slots[::hole_every] = -1
+    return slots
 
 
 def planes(layout: str) -> int:

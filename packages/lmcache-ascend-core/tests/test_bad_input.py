@@ -11,7 +11,7 @@ import lmcache_ascend.ops as ops
 from kvref import same
 from lmcache_ascend.layouts import describe_chunk, describe_paged
 from lmcache_ascend.transfer import GATHER, transfer_kv
-from test_ops_surface import BS, HS, NB, NT, setup
+from ops_cases import BS, HS, NB, NT, ops_case
 
 H2D, D2H = 0, 1
 CPU = "cpu"
@@ -93,7 +93,7 @@ CASES = [
 
 @pytest.mark.parametrize("name,direction,call,exc,fragment", CASES, ids=[c[0] for c in CASES])
 def test_rejected_and_untouched(name, direction, call, exc, fragment):
-    _, layers, slots, _ = setup(1)
+    _, layers, slots, _ = ops_case(1)
     kv = torch.randn(2, 3, NT, 2 * HS).to(torch.bfloat16)
     before = snapshot(kv if direction == D2H else layers)
     with pytest.raises(exc) as info:
@@ -145,7 +145,7 @@ def test_chunk_too_small_for_its_tokens():
 def test_native_bounds_guard_catches_a_descriptor_larger_than_its_buffer(field, value):
     # The last line of defence: whatever Python hands it, native code checks the descriptor's
     # reach against the buffer's extent before touching memory.
-    _, layers, slots, _ = setup(1)
+    _, layers, slots, _ = ops_case(1)
     paged = dataclasses.replace(describe_paged(layers, "flash_attn"), **{field: value})
     before = snapshot(layers)
     chunk = torch.ones(2, 3, NT, paged.hidden, dtype=torch.bfloat16)

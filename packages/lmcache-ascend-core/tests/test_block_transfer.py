@@ -9,68 +9,11 @@ import pytest
 import torch
 
 import lmcache_ascend.ops as ops
-from kvref import ref_gather, ref_scatter, same
+from block_cases import BS, CHUNK, FORMATS, HS, N_BLOCKS, NB, NH, NL, shape_desc, tensors_of
+from kvref import random_tensor, ref_gather, ref_scatter, same
 from lmcache_ascend.engine_formats import FORMAT_VALUES
 
 H2D, D2H = 0, 1
-NL, NB, BS, NH, HS = 3, 24, 16, 2, 32
-CHUNK = 64  # 4 blocks per memory object
-N_BLOCKS = 11  # 3 memory objects, the last one partly filled
-
-
-def rand(shape, dtype, gen):
-    if dtype.is_floating_point:
-        return torch.randn(shape, generator=gen).to(dtype)
-    return torch.randint(-128, 127, shape, generator=gen).to(dtype)
-
-
-# format name -> (make the engine's KV cache, its layers as kvref layout views, kvref layout, planes)
-def _per_layer(shape, layout, planes=2):
-    return (lambda d, g: [rand(shape, d, g) for _ in range(NL)], lambda kv: kv, layout, planes)
-
-
-FORMATS = {
-    "NB_NL_TWO_BS_NH_HS": (lambda d, g: rand((NB, NL, 2, BS, NH, HS), d, g),
-                           lambda kv: [kv[:, layer] for layer in range(NL)], "flashinfer", 2),
-    "NB_NL_TWO_NH_BS_HS": (lambda d, g: rand((NB, NL, 2, NH, BS, HS), d, g),
-                           lambda kv: [kv[:, layer] for layer in range(NL)], "flashinfer_hnd", 2),
-    "NL_X_TWO_NB_BS_NH_HS": _per_layer((2, NB, BS, NH, HS), "flash_attn"),
-    "NL_X_NB_TWO_BS_NH_HS": _per_layer((NB, 2, BS, NH, HS), "flashinfer"),
-    "NL_X_NB_BS_HS": _per_layer((NB, BS, HS), "mla", 1),
-    "NL_X_NB_BSV_BSS": _per_layer((NB, BS, HS), "mla", 1),
-    "NL_X_NBBS_ONE_HS": (lambda d, g: [rand((NB * BS, 1, HS), d, g) for _ in range(NL)],
-                         lambda kv: [t.view(NB, BS, HS) for t in kv], "mla", 1),
-    "NL_X_TWO_NB_NH_BS_HS": _per_layer((2, NB, NH, BS, HS), "hnd"),
-    "NL_X_NB_TWO_NH_BS_HS": _per_layer((NB, 2, NH, BS, HS), "flashinfer_hnd"),
-    "NL_X_TWO_NB_NH_ONE_BS_HS": (lambda d, g: [rand((2, NB, NH, 1, BS, HS), d, g) for _ in range(NL)],
-                                 lambda kv: [t.squeeze(3) for t in kv], "hnd", 2),
-    "NL_X_NB_TWO_NH_ONE_BS_HS": (lambda d, g: [rand((NB, 2, NH, 1, BS, HS), d, g) for _ in range(NL)],
-                                 lambda kv: [t.squeeze(3) for t in kv], "flashinfer_hnd", 2),
-    # K|V packed per head: shape_desc.hs is the packed content width
-    "NL_X_NB_NH_BS_CS": _per_layer((NB, NH, BS, HS), "packed_hnd", 1),
-    "NL_X_NB_BS_NH_CS": _per_layer((NB, BS, NH, HS), "packed_nhd", 1),
-    "NL_X_NB_NH_BS_TWO_HS": _per_layer((NB, NH, BS, HS), "packed_hnd", 1),
-    "NL_X_NB_BS_NH_TWO_HS": _per_layer((NB, BS, NH, HS), "packed_nhd", 1),
-    "NL_X_NB_BS_NH_HS": _per_layer((NB, BS, NH, HS), "packed_nhd", 1),
-    "NL_X_TWO_X_NB_BS_NH_HS": (lambda d, g: [(rand((NB, BS, NH, HS), d, g), rand((NB, BS, NH, HS), d, g))
-                                             for _ in range(NL)], lambda kv: kv, "separate_kv", 2),
-    "TWO_X_NL_X_NB_BS_NH_HS": (lambda d, g: [[rand((NB, BS, NH, HS), d, g) for _ in range(NL)] for _ in "KV"],
-                               lambda kv: list(zip(*kv)), "separate_kv", 2),
-    "TWO_X_NL_X_NBBS_NH_HS": (lambda d, g: [[rand((NB * BS, NH, HS), d, g) for _ in range(NL)] for _ in "KV"],
-                              lambda kv: [tuple(t.view(NB, BS, NH, HS) for t in pair) for pair in zip(*kv)],
-                              "separate_kv", 2),
-}
-
-
-def shape_desc(dtype, hidden_heads=NH):
-    return SimpleNamespace(kv_size=2, nl=NL, nb=NB, bs=BS, nh=hidden_heads, hs=HS,
-                           element_size=torch.empty((), dtype=dtype).element_size(), block_stride_elems=0, dtype=dtype)
-
-
-def tensors_of(kv):
-    if isinstance(kv, torch.Tensor):
-        return [kv]
-    return [t for entry in kv for t in (tensors_of(entry) if isinstance(entry, (list, tuple)) else [entry])]
 
 
 def clone(kv):
@@ -89,7 +32,7 @@ def hidden_of(layout):
 
 def objects(planes, layout, dtype, gen=None, count=3):
     shape = ((2,) if planes == 2 else ()) + (NL, CHUNK, hidden_of(layout))
-    return [rand(shape, dtype, gen) if gen else torch.zeros(shape, dtype=dtype) for _ in range(count)]
+    return [random_tensor(shape, dtype, gen) if gen else torch.zeros(shape, dtype=dtype) for _ in range(count)]
 
 
 def as_chunk(objs, planes):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kvref import same
-from test_ops_surface import NB, BS, HS, NT, paged_arg, setup
+from ops_cases import NB, BS, HS, NT, paged_arg, ops_case
 
 if os.environ.get("LMCACHE_ASCEND_REQUIRE_LMCACHE") == "1":
     import lmcache.lmcache_native as native
@@ -31,7 +31,7 @@ FORMATS = {1: native.EngineKVFormat.NL_X_TWO_NB_BS_NH_HS, 2: native.EngineKVForm
 @pytest.mark.parametrize("skip", [0, 9])
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_multi_layer_matches_fallback(fmt, skip):
-    _, layers, slots, kv = setup(fmt, torch.float16, seed=21)
+    _, layers, slots, kv = ops_case(fmt, torch.float16, seed=21)
     ptrs = paged_arg(fmt, layers, "addresses")
     ours, theirs = kv.clone(), kv.clone()
     args = ("cpu", NB * BS)
@@ -41,8 +41,8 @@ def test_multi_layer_matches_fallback(fmt, skip):
     assert same(ours, theirs)
 
     # retrieve the gathered chunk into two fresh caches, one per implementation
-    _, a, _, _ = setup(fmt, torch.float16, seed=22)
-    _, b, _, _ = setup(fmt, torch.float16, seed=22)
+    _, a, _, _ = ops_case(fmt, torch.float16, seed=22)
+    _, b, _, _ = ops_case(fmt, torch.float16, seed=22)
     ops.multi_layer_kv_transfer(ours, paged_arg(fmt, a, "addresses"), slots, *args, H2D, FORMATS[fmt], BS, HS, skip)
     fallback.multi_layer_kv_transfer(theirs, paged_arg(fmt, b, "addresses"), slots, torch.device("cpu"), NB * BS,
                                      H2D, FORMATS[fmt], BS, HS, skip)
@@ -52,7 +52,7 @@ def test_multi_layer_matches_fallback(fmt, skip):
 @pytest.mark.parametrize("token_major", [False, True])
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_single_layer_matches_fallback(fmt, token_major):
-    _, layers, slots, _ = setup(fmt, torch.bfloat16, seed=5)
+    _, layers, slots, _ = ops_case(fmt, torch.bfloat16, seed=5)
     layer = layers[0]
     width = layer.shape[-1] if fmt == 3 else layer.shape[-2] * layer.shape[-1]
     shape = (NT, width) if fmt == 3 else ((NT, 2, width) if token_major else (2, NT, width))
@@ -67,7 +67,7 @@ def test_single_layer_matches_fallback(fmt, token_major):
 
 
 def test_flash_ops_match_fallback():
-    _, layers, slots, kv = setup(16, torch.float16, seed=8)
+    _, layers, slots, kv = ops_case(16, torch.float16, seed=8)
     slots = slots[slots >= 0]  # the fallback's flash ops do not skip negative slots
     kv = kv[:, :, : slots.numel()].contiguous()
     ours, theirs = kv.clone(), kv.clone()
@@ -75,8 +75,8 @@ def test_flash_ops_match_fallback():
         ops.load_and_reshape_flash(ours, k, v, slots, i)
         fallback.load_and_reshape_flash(theirs, k, v, slots, i)
     assert same(ours, theirs)
-    _, a, _, _ = setup(16, torch.float16, seed=9)
-    _, b, _, _ = setup(16, torch.float16, seed=9)
+    _, a, _, _ = ops_case(16, torch.float16, seed=9)
+    _, b, _, _ = ops_case(16, torch.float16, seed=9)
     for i in range(len(layers)):
         ops.reshape_and_cache_back_flash(ours, *a[i], slots, i)
         fallback.reshape_and_cache_back_flash(theirs, *b[i], slots, i)

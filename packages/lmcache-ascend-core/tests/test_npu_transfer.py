@@ -60,19 +60,18 @@ import torch_npu  # noqa: E402  (registers torch.npu; npu_format_cast)
 
 import lmcache_ascend.c_ops as c_ops  # noqa: E402
 import lmcache_ascend.ops as ops  # noqa: E402
-import test_ops_surface as ops_cases  # noqa: E402  (its `setup` must not become this module's setup)
-from kvref import (GROUP_LAYOUTS, LAYOUTS, NZ_LAYOUTS, hidden, make_layer, make_planes, planes,  # noqa: E402
-                   random_tensor, ref_gather, same, to_canonical)
+import ops_cases  # noqa: E402
+from kvref import (GROUP_LAYOUTS, LAYOUTS, NZ_LAYOUTS, PLANE_WIDTHS, hidden, make_layer, make_planes,  # noqa: E402
+                   planes, random_slots, random_tensor, ref_gather, same, to_canonical)
 from lmcache_ascend.layouts import describe_chunk, describe_paged  # noqa: E402
 from lmcache_ascend.memory import HostPool, device_registration_status, enable_device_registration  # noqa: E402
 from lmcache_ascend.transfer import GATHER, SCATTER, transfer_kv  # noqa: E402
-from test_plane_groups import DTYPES, WIDTHS  # noqa: E402
-from test_transfer_layouts import random_slots  # noqa: E402
 
 torch.npu.set_device(torch.npu.current_device())  # registration maps host pages for the current device
 SOC = torch.npu.get_device_name()
 IS_310P = "310P" in SOC
 NPU = torch.device("npu", torch.npu.current_device())
+DTYPES = [torch.float16, torch.bfloat16, torch.int8]
 
 ALL_LAYOUTS = [*LAYOUTS, *NZ_LAYOUTS, *GROUP_LAYOUTS]
 NL, NB, BS, NH, HS, NT = 2, 6, 16, 2, 32, 70
@@ -98,7 +97,7 @@ def refused_on_310p(layout: str, dtype: torch.dtype) -> bool:
     """310P has no DataCopyPad: a token piece that is not a multiple of 32 bytes is refused. The
     heads here are 32 elements (>= 32 bytes for every dtype), so only narrow plane groups hit it."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    return IS_310P and layout in GROUP_LAYOUTS and any(w * itemsize % 32 for w in WIDTHS[layout])
+    return IS_310P and layout in GROUP_LAYOUTS and any(w * itemsize % 32 for w in PLANE_WIDTHS[layout])
 
 
 # ---- building blocks ----
@@ -121,7 +120,7 @@ def zeros_like_layer(layer):
 def make_cache(layout: str, dtype: torch.dtype, gen: torch.Generator):
     """(CPU layers, the memory object's hidden) of an NL-layer cache in `layout`."""
     if layout in GROUP_LAYOUTS:
-        return [make_planes(NB, BS, WIDTHS[layout], dtype, gen) for _ in range(NL)], sum(WIDTHS[layout])
+        return [make_planes(NB, BS, PLANE_WIDTHS[layout], dtype, gen) for _ in range(NL)], sum(PLANE_WIDTHS[layout])
     return [make_layer(layout, NB, BS, NH, HS, dtype, gen) for _ in range(NL)], hidden(layout, NH, HS)
 
 
@@ -404,8 +403,8 @@ def format_id(fmt: int) -> str:
 
 
 def ops_world(fmt: int, seed: int = 0):
-    """test_ops_surface's cache for `fmt` (fp16: every chip has it) and its copy on the NPU."""
-    layout, layers, slots, kv = ops_cases.setup(fmt, torch.float16, seed)
+    """ops_cases' cache for `fmt` (fp16: every chip has it) and its copy on the NPU."""
+    layout, layers, slots, kv = ops_cases.ops_case(fmt, torch.float16, seed)
     return layout, layers, [to_device(layer, NPU) for layer in layers], slots, kv
 
 
@@ -483,10 +482,10 @@ def test_ops_flash_layer_ops(kv_on):
 @pytest.mark.parametrize("layout", ["mla_rope", "dsa"])
 def test_ops_plane_tuples(layout):
     gen = torch.Generator().manual_seed(3)
-    layers = [make_planes(NB, BS, WIDTHS[layout], torch.float16, gen) for _ in range(NL)]
+    layers = [make_planes(NB, BS, PLANE_WIDTHS[layout], torch.float16, gen) for _ in range(NL)]
     npu_layers = [to_device(layer, NPU) for layer in layers]
     slots = random_slots(NT, NB * BS, gen, torch.int64)
-    sentinel = random_tensor((1, NL, NT, sum(WIDTHS[layout])), torch.float16, gen)
+    sentinel = random_tensor((1, NL, NT, sum(PLANE_WIDTHS[layout])), torch.float16, gen)
     got = sentinel.to(NPU)
     ops.multi_layer_kv_transfer(got, npu_layers, slots.to(NPU), NPU, NB * BS, D2H, 17)
     assert same(got.cpu(), ref_gather(layout, layers, slots, sentinel))

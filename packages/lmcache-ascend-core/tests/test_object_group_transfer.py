@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import lmcache_ascend.ops as ops
+from block_cases import FORMATS, shape_desc, tensors_of
+from kvref import random_tensor
 from lmcache_ascend.engine_formats import FORMAT_VALUES
-from test_block_transfer import FORMATS, rand, shape_desc, tensors_of
 
 ogt = pytest.importorskip("lmcache.v1.multiprocess.object_group_transfer", reason="needs LMCache >= 0.5.6")
 torch_ops = pytest.importorskip("lmcache.v1.platform.torch_ops")
@@ -107,10 +108,10 @@ def test_lmcache_server_transfer_matches_its_torch_baseline(monkeypatch, layout,
     own staged path."""
     gen = torch.Generator().manual_seed(len(layout) + skip_tokens)
     shape, hint = ENGINE_SHAPES[layout]
-    kv = [rand(shape, dtype, gen) for _ in range(NL)]
+    kv = [random_tensor(shape, dtype, gen) for _ in range(NL)]
     n_chunks = 6
     block_ids = torch.randperm(NB, generator=gen)[:n_chunks * CHUNK // BS].tolist()
-    fresh = [rand(shape, dtype, gen) for _ in range(NL)]
+    fresh = [random_tensor(shape, dtype, gen) for _ in range(NL)]
     stored, retrieved = {}, {}
     for path in ("torch", "plan", "direct"):
         calls: list = []

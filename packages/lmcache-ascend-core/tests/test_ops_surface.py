@@ -11,44 +11,20 @@ import torch
 
 import lmcache_ascend.c_ops as c_ops
 import lmcache_ascend.ops as ops
-from kvref import hidden, make_layer, planes, ref_gather, ref_scatter, same
-from test_transfer_layouts import random_slots
-
-H2D, D2H = 0, 1  # LMCache's TransferDirection values
-# EngineKVFormat value -> oracle layout
-FORMAT_LAYOUTS = {1: "flash_attn", 2: "flashinfer", 3: "mla", 5: "mla", 6: "hnd", 7: "flashinfer_hnd",
-                  10: "packed_hnd", 11: "packed_nhd", 12: "packed_hnd", 13: "packed_nhd", 16: "separate_kv"}
-NL, NB, BS, NH, HS, NT = 3, 9, 16, 2, 32, 70
-
-
-def setup(fmt: int, dtype=torch.bfloat16, seed=0):
-    layout = FORMAT_LAYOUTS[fmt]
-    gen = torch.Generator().manual_seed(seed + fmt)
-    layers = [make_layer(layout, NB, BS, NH, HS, dtype, gen) for _ in range(NL)]
-    slots = random_slots(NT, NB * BS, gen, torch.int64)
-    kv = torch.zeros(planes(layout), NL, NT, hidden(layout, NH, HS), dtype=dtype)
-    return layout, layers, slots, kv
-
-
-def paged_arg(fmt: int, layers, mode: str):
-    tensors = [t for layer in layers for t in (layer if isinstance(layer, tuple) else (layer,))]
-    if fmt == 5:  # SGLang MLA: [NB*BS, 1, D] per layer
-        tensors = [t.view(NB * BS, 1, -1) for t in tensors]
-    if mode == "addresses":
-        return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64)
-    return tensors
+from kvref import hidden, planes, ref_gather, ref_scatter, same
+from ops_cases import BS, D2H, FORMAT_LAYOUTS, H2D, HS, NB, NH, NT, ops_case, paged_arg
 
 
 @pytest.mark.parametrize("mode", ["tensors", "addresses"])
 @pytest.mark.parametrize("fmt", sorted(FORMAT_LAYOUTS))
 def test_multi_layer_kv_transfer_every_format(fmt, mode):
-    layout, layers, slots, kv = setup(fmt)
+    layout, layers, slots, kv = ops_case(fmt)
     ptrs = paged_arg(fmt, layers, mode)
     ops.multi_layer_kv_transfer(kv, ptrs, slots, torch.device("cpu"), NB * BS, D2H, fmt,
                                 block_size=BS, head_size=HS)
     assert same(kv, ref_gather(layout, layers, slots, torch.zeros_like(kv)))
 
-    _, fresh, _, _ = setup(fmt, seed=100)
+    _, fresh, _, _ = ops_case(fmt, seed=100)
     expected = ref_scatter(layout, kv, slots, fresh)
     ops.multi_layer_kv_transfer(kv, paged_arg(fmt, fresh, mode), slots, "cpu", NB * BS, H2D, fmt,
                                 block_size=BS, head_size=HS)
@@ -57,7 +33,7 @@ def test_multi_layer_kv_transfer_every_format(fmt, mode):
 
 @pytest.mark.parametrize("skip", [0, 5, 69, 70])
 def test_multi_layer_skip_prefix(skip):
-    layout, layers, slots, kv = setup(1)
+    layout, layers, slots, kv = ops_case(1)
     sentinel = torch.full_like(kv, 7)
     out = sentinel.clone()
     ops.multi_layer_kv_transfer(out, layers, slots, "cpu", NB * BS, D2H, 1, block_size=BS,
@@ -73,7 +49,7 @@ def test_multi_layer_int32_slots_and_enum_like_arguments():
         def __int__(self):
             return self.v
 
-    layout, layers, slots, kv = setup(2, torch.float16)
+    layout, layers, slots, kv = ops_case(2, torch.float16)
     ops.multi_layer_kv_transfer(kv, layers, slots.int(), "cpu", NB * BS, Enum(D2H), Enum(2), BS)
     assert same(kv, ref_gather(layout, layers, slots, torch.zeros_like(kv)))
 
@@ -81,7 +57,7 @@ def test_multi_layer_int32_slots_and_enum_like_arguments():
 @pytest.mark.parametrize("token_major", [False, True])
 @pytest.mark.parametrize("fmt", [1, 2, 3, 6, 7, 12, 13])
 def test_single_layer_kv_transfer(fmt, token_major):
-    layout, layers, slots, _ = setup(fmt)
+    layout, layers, slots, _ = ops_case(fmt)
     layer = layers[0]
     d = hidden(layout, NH, HS)
     if planes(layout) == 1:
@@ -104,11 +80,11 @@ def test_single_layer_kv_transfer(fmt, token_major):
 
 
 def test_flash_ops_move_one_layer_of_separate_kv():
-    layout, layers, slots, kv = setup(16, torch.float16)
+    layout, layers, slots, kv = ops_case(16, torch.float16)
     for i, (k, v) in enumerate(layers):
         ops.load_and_reshape_flash(kv, k, v, slots, i)
     assert same(kv, ref_gather(layout, layers, slots, torch.zeros_like(kv)))
-    _, fresh, _, _ = setup(16, torch.float16, seed=9)
+    _, fresh, _, _ = ops_case(16, torch.float16, seed=9)
     expected = ref_scatter(layout, kv, slots, fresh)
     for i, (k, v) in enumerate(fresh):
         ops.reshape_and_cache_back_flash(kv, k, v, slots, i)
@@ -151,18 +127,18 @@ def test_ops_module_exposes_only_ops():
 @pytest.mark.parametrize("use_mla", [False, True])
 def test_c_ops_multi_layer(use_mla):
     fmt = 3 if use_mla else 1
-    layout, layers, slots, kv = setup(fmt)
+    layout, layers, slots, kv = ops_case(fmt)
     ptrs = torch.tensor([t.data_ptr() for t in layers], dtype=torch.int64)
     c_ops.multi_layer_kv_transfer(kv, ptrs, slots, torch.device("cpu"), NB * BS, True, use_mla)
     assert same(kv, ref_gather(layout, layers, slots, torch.zeros_like(kv)))
-    _, fresh, _, _ = setup(fmt, seed=3)
+    _, fresh, _, _ = ops_case(fmt, seed=3)
     expected = ref_scatter(layout, kv, slots, fresh)
     c_ops.multi_layer_kv_transfer(kv, [t for t in fresh], slots, torch.device("cpu"), NB * BS, False, use_mla)
     assert all(same(a, b) for a, b in zip(fresh, expected))
 
 
 def test_c_ops_unilateral_takes_k_layers_then_v_layers():
-    layout, layers, slots, kv = setup(16)
+    layout, layers, slots, kv = ops_case(16)
     flat = [k.view(NB * BS, -1) for k, _ in layers] + [v.view(NB * BS, -1) for _, v in layers]
     ptrs = torch.tensor([t.data_ptr() for t in flat], dtype=torch.int64)
     c_ops.multi_layer_kv_transfer_unilateral(kv, ptrs, slots, torch.device("cpu"), NB * BS, True, False)
@@ -172,7 +148,7 @@ def test_c_ops_unilateral_takes_k_layers_then_v_layers():
 @pytest.mark.parametrize("two_major", [False, True])
 @pytest.mark.parametrize("token_major", [False, True])
 def test_c_ops_single_layer(token_major, two_major):
-    layout, layers, slots, _ = setup(1 if two_major else 2)
+    layout, layers, slots, _ = ops_case(1 if two_major else 2)
     layer = layers[0]
     lmc = torch.zeros((NT, 2, NH * HS) if token_major else (2, NT, NH * HS), dtype=layer.dtype)
     c_ops.single_layer_kv_transfer(lmc, layer, slots, True, token_major, two_major)
@@ -182,7 +158,7 @@ def test_c_ops_single_layer(token_major, two_major):
 
 
 def test_c_ops_rejects_non_bool_direction():
-    _, layers, slots, kv = setup(1)
+    _, layers, slots, kv = ops_case(1)
     with pytest.raises(ValueError, match="direction"):
         c_ops.multi_layer_kv_transfer(kv, layers, slots, "cpu", NB * BS, 2, False)
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 import lmcache_ascend.c_ops as c_ops
 import lmcache_ascend.ops as ops
 import lmcache_ascend.transfer as transfer
-from kvref import (GROUP_LAYOUTS, NZ_LAYOUTS, hidden, make_layer, make_planes, nz_fractal, random_tensor, ref_gather,
-                   ref_scatter, same)
+from kvref import (GROUP_LAYOUTS, NZ_LAYOUTS, PLANE_WIDTHS, hidden, make_layer, make_planes, nz_fractal, random_slots,
+                   random_tensor, ref_gather, ref_scatter, same)
 from lmcache_ascend._native import transfer as native_transfer
 from lmcache_ascend._tensors import as_view
 from lmcache_ascend.engine_formats import engine_format
@@ -26,18 +26,8 @@ from lmcache_ascend.transfer import GATHER, SCATTER, transfer_kv
 
 DTYPES = [torch.float16, torch.bfloat16, torch.int8]
 SLOT_DTYPES = [torch.int32, torch.int64]
-# kv_lora_rank, qk_rope_head_dim, index_head_dim (DeepSeek sizes scaled down)
-WIDTHS = {"mla_rope": (64, 16), "dsa": (64, 16, 32), "mla_planes": (64, 16, 32)}
 H2D, D2H = 0, 1  # LMCache TransferDirection
 PLANES_FORMAT = 17  # EngineKVFormat.NL_X_NP_X_NB_BS_ONE_HS
-
-
-def random_slots(num_tokens: int, num_slots: int, gen: torch.Generator, dtype, block_size: int):
-    """Distinct slots, blocks in random order, every 5th token -1 (not to be moved)."""
-    blocks = torch.randperm(num_slots // block_size, generator=gen)
-    slots = (blocks[:, None] * block_size + torch.arange(block_size)).flatten()[:num_tokens].to(dtype)
-    slots[::5] = -1
-    return slots
 
 
 def split_chunks(chunk: torch.Tensor, sizes, direction):
@@ -52,8 +42,8 @@ def split_chunks(chunk: torch.Tensor, sizes, direction):
 
 def world(layout, dtype, slot_dtype, nl=3, nb=6, bs=16, nt=70, head_axis=True, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    layers = [make_planes(nb, bs, WIDTHS[layout], dtype, gen, head_axis) for _ in range(nl)]
-    slots = random_slots(nt, nb * bs, gen, slot_dtype, bs)
+    layers = [make_planes(nb, bs, PLANE_WIDTHS[layout], dtype, gen, head_axis) for _ in range(nl)]
+    slots = random_slots(nt, nb * bs, gen, slot_dtype, block_size=bs)
     return gen, layers, slots
 
 
@@ -63,7 +53,7 @@ def world(layout, dtype, slot_dtype, nl=3, nb=6, bs=16, nt=70, head_axis=True, s
 @pytest.mark.parametrize("layout", list(GROUP_LAYOUTS))
 def test_groups_round_trip_several_chunks(layout, dtype, slot_dtype, head_axis):
     gen, layers, slots = world(layout, dtype, slot_dtype, head_axis=head_axis)
-    nl, nt, width = len(layers), slots.numel(), sum(WIDTHS[layout])
+    nl, nt, width = len(layers), slots.numel(), sum(PLANE_WIDTHS[layout])
     paged = describe_paged(layers, layout)
     assert isinstance(paged, PlaneGroups) and paged.hidden == width
     sentinel = random_tensor((1, nl, nt, width), dtype, gen)  # untouched where slots are -1
@@ -74,7 +64,7 @@ def test_groups_round_trip_several_chunks(layout, dtype, slot_dtype, head_axis):
     gathered = torch.cat([p for p, _, _ in parts], dim=2)
     assert same(gathered, ref_gather(layout, layers, slots, sentinel))
 
-    fresh = [make_planes(layers[0][0].shape[0], layers[0][0].shape[1], WIDTHS[layout], dtype, gen, head_axis)
+    fresh = [make_planes(layers[0][0].shape[0], layers[0][0].shape[1], PLANE_WIDTHS[layout], dtype, gen, head_axis)
              for _ in range(nl)]
     expected = ref_scatter(layout, gathered, slots, fresh)
     _, views = split_chunks(gathered, sizes, SCATTER)
@@ -86,7 +76,7 @@ def test_groups_round_trip_several_chunks(layout, dtype, slot_dtype, head_axis):
 @pytest.mark.parametrize("skip", [0, 7, 70])
 def test_groups_skip_prefix(layout, skip):
     gen, layers, slots = world(layout, torch.float16, torch.int64, seed=skip)
-    width = sum(WIDTHS[layout])
+    width = sum(PLANE_WIDTHS[layout])
     sentinel = random_tensor((1, len(layers), slots.numel(), width), torch.float16, gen)
     chunk = sentinel.clone()
     view = describe_chunk(chunk, "KV_MLA_FMT", writable=True)
@@ -102,7 +92,7 @@ def test_groups_skip_prefix(layout, skip):
 @pytest.mark.parametrize("layout", ["mla_rope", "dsa"])
 def test_groups_layerwise_one_layer(layout, dtype):
     gen, layers, slots = world(layout, dtype, torch.int32)
-    nt, width = slots.numel(), sum(WIDTHS[layout])
+    nt, width = slots.numel(), sum(PLANE_WIDTHS[layout])
     paged = describe_paged(layers, layout)
     for layer in range(len(layers)):
         one = paged.layer(layer)
@@ -123,7 +113,7 @@ def test_groups_of_one_raw_buffer_per_layer():
     """vllm-ascend may carve a layer's planes out of one raw buffer, block by block (the block
     stride of each plane spans all planes of the block): strided planes, still bit-exact."""
     gen = torch.Generator().manual_seed(5)
-    nb, bs, widths, nl = 5, 16, WIDTHS["dsa"], 2
+    nb, bs, widths, nl = 5, 16, PLANE_WIDTHS["dsa"], 2
     layers = []
     for _ in range(nl):
         raw = random_tensor((nb, bs * sum(widths)), torch.bfloat16, gen)
@@ -132,7 +122,7 @@ def test_groups_of_one_raw_buffer_per_layer():
             planes.append(torch.as_strided(raw, (nb, bs, 1, w), (bs * sum(widths), w, w, 1), offset))
             offset += bs * w
         layers.append(tuple(planes))
-    slots = random_slots(40, nb * bs, gen, torch.int64, bs)
+    slots = random_slots(40, nb * bs, gen, torch.int64, block_size=bs)
     empty = torch.zeros(1, nl, 40, sum(widths), dtype=torch.bfloat16)
     chunk = empty.clone()
     transfer_kv(describe_paged(layers, "dsa"), [(describe_chunk(chunk, "KV_MLA_FMT", writable=True), 0, 40)],
@@ -240,7 +230,7 @@ def test_nz_round_trip(layout, dtype, slot_dtype):
     layers = [make_layer(layout, nb, bs, nh, hs, dtype, gen) for _ in range(nl)]
     paged = describe_paged(layers, layout)
     assert (paged.num_heads, paged.head_size) == (nh * hs // nz_fractal(dtype), nz_fractal(dtype))
-    slots = random_slots(nt, nb * bs, gen, slot_dtype, bs)
+    slots = random_slots(nt, nb * bs, gen, slot_dtype, block_size=bs)
     sentinel = random_tensor((2, nl, nt, hidden(layout, nh, hs)), dtype, gen)
     chunk = sentinel.clone()
     transfer_kv(paged, [(describe_chunk(chunk, "KV_2LTD", writable=True), 0, nt)], slots, GATHER)
@@ -287,7 +277,7 @@ def test_engine_format_17_is_the_plane_tuple_format():
 def test_ops_multi_layer_with_plane_tuples(layout, flat):
     gen, layers, slots = world(layout, torch.bfloat16, torch.int64)
     nb, bs = layers[0][0].shape[:2]
-    width, nt = sum(WIDTHS[layout]), slots.numel()
+    width, nt = sum(PLANE_WIDTHS[layout]), slots.numel()
     ptrs = [t for layer in layers for t in layer] if flat else layers
     sentinel = random_tensor((1, len(layers), nt, width), torch.bfloat16, gen)
     key_value = sentinel.clone()
@@ -317,7 +307,7 @@ def test_ops_plane_tuples_errors_before_writing():
 
 def test_ops_single_layer_with_plane_tuples():
     gen, layers, slots = world("dsa", torch.float16, torch.int32)
-    nt, width = slots.numel(), sum(WIDTHS["dsa"])
+    nt, width = slots.numel(), sum(PLANE_WIDTHS["dsa"])
     lmc = torch.zeros(nt, width, dtype=torch.float16)
     ops.single_layer_kv_transfer(lmc, layers[1], slots, D2H, PLANES_FORMAT)
     expected = ref_gather("dsa", [layers[1]], slots, torch.zeros(1, 1, nt, width, dtype=torch.float16))
@@ -351,7 +341,7 @@ def on_npu(tensor):
 def npu_world(layout):
     _, layers, slots = world(layout, torch.float16, torch.int64, nl=2, nt=20)
     npu_layers = [tuple(on_npu(t) for t in layer) for layer in layers]
-    chunk = torch.zeros(1, 2, 20, sum(WIDTHS[layout]), dtype=torch.float16)
+    chunk = torch.zeros(1, 2, 20, sum(PLANE_WIDTHS[layout]), dtype=torch.float16)
     return layers, npu_layers, slots, chunk
 
 
@@ -394,7 +384,7 @@ def test_npu_launch_gets_one_group_per_plane(layout, chunks_on_host, fused, stag
                                                   chunks_on_host, fused)
     assert prepared["fused"] == staged
     groups = prepared["groups"]
-    widths = WIDTHS[layout]
+    widths = PLANE_WIDTHS[layout]
     assert len(groups) == len(widths)
     column = 0
     for g, (group, width) in enumerate(zip(groups, widths)):

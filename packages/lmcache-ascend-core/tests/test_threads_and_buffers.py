@@ -13,7 +13,7 @@ import torch
 import lmcache_ascend
 import lmcache_ascend.ops as ops
 from kvref import ref_gather, same
-from test_ops_surface import BS, NB, NT, setup
+from ops_cases import BS, NB, NT, ops_case
 
 D2H = 1
 
@@ -38,14 +38,14 @@ def test_default_thread_count_is_usable_cores(restore_threads):
 def test_results_do_not_depend_on_thread_count(threads, restore_threads):
     lmcache_ascend.set_num_threads(threads)
     assert lmcache_ascend.get_num_threads() == threads
-    _, layers, slots, kv = setup(1)
+    _, layers, slots, kv = ops_case(1)
     big = torch.zeros(2, 3, NT, kv.shape[-1], dtype=kv.dtype)
     assert same(gather(layers, slots, big), ref_gather("flash_attn", layers, slots, torch.zeros_like(big)))
 
 
 def test_concurrent_callers_share_the_pool(restore_threads):
     lmcache_ascend.set_num_threads(2)
-    _, layers, slots, kv = setup(1)
+    _, layers, slots, kv = ops_case(1)
     expected = ref_gather("flash_attn", layers, slots, torch.zeros_like(kv))
     results, errors = [], []
 
@@ -67,7 +67,7 @@ def test_concurrent_callers_share_the_pool(restore_threads):
 def test_forked_child_gets_a_working_pool(restore_threads):
     # vLLM forks engine workers; a child inherits no worker threads but must still transfer.
     lmcache_ascend.set_num_threads(2)
-    _, layers, slots, kv = setup(1)
+    _, layers, slots, kv = ops_case(1)
     gather(layers, slots, torch.zeros_like(kv))  # start the parent's workers
     expected = ref_gather("flash_attn", layers, slots, torch.zeros_like(kv))
     pid = os.fork()
@@ -79,7 +79,7 @@ def test_forked_child_gets_a_working_pool(restore_threads):
 
 
 def test_numpy_buffers_work_without_torch_tensors():
-    _, layers, slots, kv = setup(1, torch.float16)
+    _, layers, slots, kv = ops_case(1, torch.float16)
     np_layers = [t.numpy() for t in layers]
     out = np.zeros(kv.shape, dtype=np.float16)
     ops.multi_layer_kv_transfer(out, np_layers, slots.numpy(), "cpu", NB * BS, D2H, 1, BS)
@@ -100,7 +100,7 @@ class DLPackOnly:
 
 
 def test_dlpack_producers_are_accepted():
-    _, layers, slots, kv = setup(1)
+    _, layers, slots, kv = ops_case(1)
     out = torch.zeros_like(kv)
     ops.multi_layer_kv_transfer(DLPackOnly(out), [DLPackOnly(t) for t in layers], DLPackOnly(slots), "cpu",
                                 NB * BS, D2H, 1, BS)
@@ -108,7 +108,7 @@ def test_dlpack_producers_are_accepted():
 
 
 def test_objects_without_memory_are_rejected_by_name():
-    _, layers, slots, kv = setup(1)
+    _, layers, slots, kv = ops_case(1)
     with pytest.raises(TypeError, match="key_value: expected a torch tensor, a DLPack producer or a buffer"):
         ops.multi_layer_kv_transfer(object(), layers, slots, "cpu", NB * BS, D2H, 1, BS)
 

@@ -1,7 +1,7 @@
 """Pinned host memory: a native arena for LMCache's local CPU pool, and the alloc_pinned_ptr family.
 
 `HostPool` is the arena (one mmap'd region, O(log n) best-fit allocator); `PinnedArenaAllocator`
-(lmcache_ascend.memory_lmcache) adapts it to LMCache's allocator interface. Pinning (mlock) and
+(lmcache_ascend.lmcache_allocator) adapts it to LMCache's allocator interface. Pinning (mlock) and
 device registration only matter when a device reads host memory directly: `lock="auto"` and
 `register="auto"` turn them on exactly when device registration is enabled.
 
