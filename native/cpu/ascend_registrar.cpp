@@ -1,8 +1,6 @@
 // DeviceRegistrar for Ascend NPUs over the CANN runtime, loaded with dlopen (see ascend_registrar.hpp).
 #include "lmcache_ascend/ascend_registrar.hpp"
 
-#include <dlfcn.h>
-#include <link.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -18,6 +16,7 @@
 #include <vector>
 
 #include "lmcache_ascend/device_registration.hpp"
+#include "lmcache_ascend/dynamic_library.hpp"
 #include "lmcache_ascend/host_memory.hpp"
 
 namespace lmcache_ascend {
@@ -47,57 +46,24 @@ using DsmiGetVersion = int (*)(int, char*, unsigned int, unsigned int*);
 Status runtime_error(const std::string& msg) { return Status::Error(StatusCode::kRuntimeError, msg); }
 Status invalid(const std::string& msg) { return Status::Error(StatusCode::kInvalidArgument, msg); }
 
-// A dlopen'ed library; closes itself.
-struct Library {
-  void* handle = nullptr;
-  std::string path;  // the file the loader actually mapped
-  Library() = default;
-  Library(const Library&) = delete;
-  Library& operator=(const Library&) = delete;
-  Library(Library&& o) noexcept { *this = std::move(o); }
-  Library& operator=(Library&& o) noexcept {
-    std::swap(handle, o.handle);
-    std::swap(path, o.path);
-    return *this;
-  }
-  ~Library() {
-    if (handle) dlclose(handle);
-  }
-  template <typename Fn>
-  Fn symbol(const char* name) const {
-    return handle ? reinterpret_cast<Fn>(dlsym(handle, name)) : nullptr;
-  }
-};
-
-std::string mapped_path(void* handle, const std::string& fallback) {
-  link_map* map = nullptr;
-  if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && map && map->l_name && map->l_name[0]) return map->l_name;
-  return fallback;
-}
-
 // First candidate already in the process (e.g. loaded by torch_npu: sharing its runtime state
 // matters, a second copy would not know the current device), else the first that loads.
 // `tried` collects one "path: why not" per failed attempt.
-Library load_first(const std::vector<std::string>& candidates, bool reject_devlib, std::string* tried) {
+DynamicLibrary load_first(const std::vector<std::string>& candidates, bool reject_devlib, std::string* tried) {
   for (int pass = 0; pass < 2; ++pass) {
     for (const std::string& candidate : candidates) {
-      void* handle = dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL | (pass == 0 ? RTLD_NOLOAD : 0));
-      if (!handle) {
-        if (pass == 1) {
-          const char* err = dlerror();
-          *tried += "\n  " + (err ? std::string(err) : candidate + ": not loadable");  // dlerror names the path
-        }
+      std::string error;
+      DynamicLibrary lib = DynamicLibrary::open(candidate, pass == 0 ? RTLD_NOLOAD : 0, &error);
+      if (!lib) {
+        if (pass == 1) *tried += "\n  " + error;  // dlerror names the path
         continue;
       }
-      Library lib;
-      lib.handle = handle;
-      lib.path = mapped_path(handle, candidate);
-      if (reject_devlib && lib.path.find("/devlib/") != std::string::npos) {
+      if (reject_devlib && lib.path().find("/devlib/") != std::string::npos) {
         if (pass == 1)  // listed once, not again for the already-loaded pass
-          *tried += "\n  " + candidate + ": resolved to " + lib.path +
+          *tried += "\n  " + candidate + ": resolved to " + lib.path() +
                     ", the toolkit's link-time stub, not the driver's library (take the toolkit's devlib/ "
                     "out of LD_LIBRARY_PATH)";
-        continue;  // ~Library closes it
+        continue;  // closed as `lib` goes
       }
       return lib;
     }
@@ -136,7 +102,8 @@ std::string explain(const char* call, int rc, size_t size, const std::string& dr
 
 class AscendRegistrar final : public DeviceRegistrar {
  public:
-  AscendRegistrar(Library acl, Library hal, bool use_acl, std::string driver_version, std::vector<int> visible)
+  AscendRegistrar(DynamicLibrary acl, DynamicLibrary hal, bool use_acl, std::string driver_version,
+                  std::vector<int> visible)
       : acl_(std::move(acl)), hal_(std::move(hal)), use_acl_(use_acl),
         driver_version_(std::move(driver_version)), visible_(std::move(visible)) {
     get_device_ = acl_.symbol<AclGetDevice>("aclrtGetDevice");
@@ -152,8 +119,8 @@ class AscendRegistrar final : public DeviceRegistrar {
 
   std::string description() const {
     if (use_acl_)
-      return name() + ": aclrtHostRegister (driver " + driver_version_ + "; " + acl_.path + ")";
-    return name() + ": halHostRegister (driver " + driver_version_ + "; " + hal_.path + ")";
+      return name() + ": aclrtHostRegister (driver " + driver_version_ + "; " + acl_.path() + ")";
+    return name() + ": halHostRegister (driver " + driver_version_ + "; " + hal_.path() + ")";
   }
 
   // Stops this registrar for good when nothing is registered through it; else returns how many
@@ -350,7 +317,7 @@ class AscendRegistrar final : public DeviceRegistrar {
     return Status::Ok();
   }
 
-  Library acl_, hal_;
+  DynamicLibrary acl_, hal_;
   bool use_acl_;
   std::string driver_version_;
   std::vector<int> visible_;
@@ -375,14 +342,14 @@ AscendRegistrar* g_ascend = nullptr;
 // The driver's version string from dsmi (device `device`), or "" with the reason in `why`.
 std::string dsmi_driver_version(const std::vector<std::string>& candidates, int device, std::string* why) {
   std::string tried;
-  Library dsmi = load_first(candidates, false, &tried);
-  if (!dsmi.handle) {
+  DynamicLibrary dsmi = load_first(candidates, false, &tried);
+  if (!dsmi) {
     *why = "libdrvdsmi_host.so could not be loaded:" + tried;
     return "";
   }
   auto get_version = dsmi.symbol<DsmiGetVersion>("dsmi_get_version");
   if (!get_version) {
-    *why = dsmi.path + " has no dsmi_get_version";
+    *why = dsmi.path() + " has no dsmi_get_version";
     return "";
   }
   char buf[256] = {};
@@ -426,13 +393,13 @@ Status enable_ascend_registration(const AscendRuntimePaths& paths) {
     return invalid("another device registrar (" + other->name() + ") is installed; uninstall it first");
 
   std::string tried;
-  Library acl = load_first(paths.acl, false, &tried);
-  if (!acl.handle)
+  DynamicLibrary acl = load_first(paths.acl, false, &tried);
+  if (!acl)
     return runtime_error("the Ascend runtime libascendcl.so could not be loaded:" + tried +
                          "\nInstall the CANN toolkit and `source <toolkit>/set_env.sh`, or point "
                          "LMCACHE_ASCEND_ACL_LIB at libascendcl.so");
   if (!acl.symbol<AclGetDevice>("aclrtGetDevice"))
-    return runtime_error(acl.path + " has no aclrtGetDevice: it is not a CANN runtime library");
+    return runtime_error(acl.path() + " has no aclrtGetDevice: it is not a CANN runtime library");
   // Host registration exists on Atlas A2/A3 only; a runtime that cannot name its chip is let through.
   if (auto soc_name = acl.symbol<AclGetSocName>("aclrtGetSocName")) {
     const char* soc = soc_name();
@@ -456,14 +423,14 @@ Status enable_ascend_registration(const AscendRuntimePaths& paths) {
   if (major < 0)
     return runtime_error("the Ascend driver reports version '" + version + "', which is not <major>.<minor>...");
 
-  Library hal;
+  DynamicLibrary hal;
   // Which driver uses which call (25: ACL, 24.1: HAL, older: none) is decided here, the source of truth.
   // The doctor predicts it from DRIVER_REGISTRATION_CALLS in lmcache_ascend/_cann.py; update both
   // together (test_device_registration.py checks they agree).
   const bool use_acl = major >= 25;
   if (use_acl) {
     if (!acl.symbol<AclHostRegister>("aclrtHostRegister") || !acl.symbol<AclHostUnregister>("aclrtHostUnregister"))
-      return runtime_error(acl.path + " has no aclrtHostRegister/aclrtHostUnregister, which driver " + version +
+      return runtime_error(acl.path() + " has no aclrtHostRegister/aclrtHostUnregister, which driver " + version +
                            " needs for host-memory registration: install a CANN toolkit >= 8.1 matching the driver");
   } else {
     if (major < 24 || (major == 24 && minor < 1))
@@ -471,12 +438,12 @@ Status enable_ascend_registration(const AscendRuntimePaths& paths) {
                            "host memory with the NPU (halHostRegister): upgrade the driver");
     tried.clear();
     hal = load_first(paths.hal, true, &tried);
-    if (!hal.handle)
+    if (!hal)
       return runtime_error("the driver library libascend_hal.so could not be loaded:" + tried +
                            "\nIt ships with the Ascend driver in /usr/local/Ascend/driver/lib64/driver/ (mount "
                            "that directory into the container), or point LMCACHE_ASCEND_HAL_LIB at it");
     if (!hal.symbol<HalHostRegister>("halHostRegister") || !hal.symbol<HalHostUnregister>("halHostUnregister"))
-      return runtime_error(hal.path + " has no halHostRegister/halHostUnregister: driver " + version +
+      return runtime_error(hal.path() + " has no halHostRegister/halHostUnregister: driver " + version +
                            " is too old for host-memory registration; upgrade to 24.1 or newer");
   }
   g_ascend = new AscendRegistrar(std::move(acl), std::move(hal), use_acl, version, std::move(visible));

@@ -13,6 +13,7 @@
 
 #include "lmcache_ascend/ascend_tiling.hpp"
 #include "lmcache_ascend/device_registration.hpp"
+#include "lmcache_ascend/dynamic_library.hpp"
 #include "lmcache_ascend/host_memory.hpp"
 #include "lmcache_ascend/transfer_validation.hpp"
 
@@ -59,16 +60,17 @@ const NpuLibrary& npu_library() {
   static std::once_flag once;
   std::call_once(once, [] {
     lib.path = library_directory() + "/" + kLibraryName;
-    void* handle = dlopen(lib.path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (handle == nullptr) {
-      const char* why = dlerror();
-      lib.status = unavailable(lib.path, why ? why : "unknown dlopen error");
+    std::string error;
+    DynamicLibrary npu = DynamicLibrary::open(lib.path, 0, &error);
+    if (!npu) {
+      lib.status = unavailable(lib.path, error);
       return;
     }
-    auto version = reinterpret_cast<lmcache_ascend_npu_abi_version_fn>(dlsym(handle, "lmcache_ascend_npu_abi_version"));
-    lib.copy_to_host = reinterpret_cast<lmcache_ascend_npu_copy_to_host_fn>(dlsym(handle, "lmcache_ascend_npu_copy_to_host"));
-    lib.transfer_kv = reinterpret_cast<lmcache_ascend_npu_transfer_kv_fn>(dlsym(handle, "lmcache_ascend_npu_transfer_kv"));
-    lib.synchronize = reinterpret_cast<lmcache_ascend_npu_synchronize_fn>(dlsym(handle, "lmcache_ascend_npu_synchronize"));
+    auto version = npu.symbol<lmcache_ascend_npu_abi_version_fn>("lmcache_ascend_npu_abi_version");
+    lib.copy_to_host = npu.symbol<lmcache_ascend_npu_copy_to_host_fn>("lmcache_ascend_npu_copy_to_host");
+    lib.transfer_kv = npu.symbol<lmcache_ascend_npu_transfer_kv_fn>("lmcache_ascend_npu_transfer_kv");
+    lib.synchronize = npu.symbol<lmcache_ascend_npu_synchronize_fn>("lmcache_ascend_npu_synchronize");
+    npu.keep_loaded();  // its functions are called until the process ends
     const char* missing = version == nullptr             ? "lmcache_ascend_npu_abi_version"
                           : lib.copy_to_host == nullptr  ? "lmcache_ascend_npu_copy_to_host"
                           : lib.transfer_kv == nullptr   ? "lmcache_ascend_npu_transfer_kv"
