@@ -51,6 +51,9 @@ SHORT_TMP_PREFIX = "lmca-"  # see enter_tmp
 
 CPU_TORCH = "torch==2.13.0"  # the CPU build every session that runs here uses
 PYTEST = "pytest>=8"  # where the core's [test] extra is not installed
+# The end-to-end tests run side by side (vLLM's engine start is mostly single-threaded imports in
+# three processes); tests marked xdist_group share one worker, in order.
+PYTEST_XDIST, E2E_WORKERS = "pytest-xdist>=3.5", 2
 # LMCache imported on a CPU host without its declared dependencies (they include CUDA-only wheels
 # that are never imported here: cupy, cuda-python, cufile, nvtx). What each generation does import:
 LMCACHE_DEPS = {
@@ -322,7 +325,7 @@ def install(session: nox.Session, lmcache: str, *, core_extra: str = "[test]", v
         # vllm-ascend's platform and model plugins need torch_npu: vLLM loads only ours here.
         session.env["VLLM_PLUGINS"] = "lmcache_ascend"
     if vllm_engine:
-        session.install(PYTEST, *_pip_args())
+        session.install(PYTEST, PYTEST_XDIST, *_pip_args())
 
 
 def print_versions(session: nox.Session, *dists: str) -> None:
@@ -345,12 +348,15 @@ def enter_tmp(session: nox.Session) -> None:
     session.env["TMPDIR"] = short
 
 
-def run_tests(session: nox.Session, tests: Path, *dists: str, files: list[str] | None = None) -> None:
-    """The one test runner: from a temp dir, so only the installed wheel is importable."""
+def run_tests(session: nox.Session, tests: Path, *dists: str, files: list[str] | None = None,
+              workers: int = 0) -> None:
+    """The one test runner: from a temp dir, so only the installed wheel is importable; `workers`:
+    that many pytest-xdist workers."""
     print_versions(session, *dists)
     enter_tmp(session)
     targets = [str(tests / f) for f in files] if files else [str(tests)]
-    session.run("python", "-m", "pytest", *targets, "-c", str(ROOT / "pytest.ini"),
+    parallel = ["-n", str(workers), "--dist", "loadgroup"] if workers else []
+    session.run("python", "-m", "pytest", *targets, *parallel, "-c", str(ROOT / "pytest.ini"),
                 "--rootdir", str(tests), "-p", "no:cacheprovider", *session.posargs)
 
 
@@ -383,7 +389,7 @@ def run_end_to_end(session: nox.Session, row: Row) -> None:
     run_tests(session, VLLM_PKG / "tests", "torch", row.vllm_dist, "lmcache", "lmcache-ascend-core",
               "lmcache-ascend-vllm",
               files=["test_connector.py", "test_doctor_checks.py", "test_greedy_difference.py", "test_e2e_vllm.py",
-                     "test_mp_mode.py"])
+                     "test_mp_mode.py"], workers=E2E_WORKERS)
     run_contract_suites(session, row)  # the same interface checks as the older rows, on this release
 
 

@@ -47,7 +47,7 @@ class EngineRun:
         self.answers = json.loads(lines[-1][len("RESULT "):]) if lines else None
 
 
-def run_engine(model: str, lmcache, prompts, timeout: int = 300, env=None, mp=None) -> EngineRun:
+def run_engine(model: str, lmcache, prompts, timeout: int = 600, env=None, mp=None) -> EngineRun:
     """One vLLM engine process (scenario.py) serving `prompts` ([[tokens, seed], ...]) in order;
     mp: LMCache's multiprocess mode ({"port": ..., "transfer_mode": ...}) instead of our connector."""
     spec = json.dumps({"model": model, "lmcache": lmcache, "prompts": prompts, "mp": mp})

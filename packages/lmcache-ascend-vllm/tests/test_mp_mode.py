@@ -17,6 +17,9 @@ from conftest import SCENARIO, EngineRun, assert_same_greedy, run_engine
 pytest.importorskip("lmcache.v1.multiprocess", reason="needs LMCache >= 0.5")
 from lmcache_ascend.integration.vllm.serving import free_port, lmcache_server  # noqa: E402
 
+# One worker runs these in order under pytest-xdist: the /dev/shm checks see every MP engine's segments.
+pytestmark = pytest.mark.xdist_group("mp_mode")
+
 BOUND = "LMCache's cpu device ops run lmcache_ascend.ops"
 PROMPT = [1100, 21]
 FULL_CHUNKS = 1024  # 1100 tokens, chunks of 256
